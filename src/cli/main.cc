@@ -1,0 +1,70 @@
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+
+#include "cli/command.h"
+#include "core/base/error.h"
+
+namespace onebit::cli {
+
+std::vector<Command>& commands() {
+  static std::vector<Command> all;
+  return all;
+}
+
+bool stderr_is_tty() { return ::isatty(STDERR_FILENO) == 1; }
+
+std::string default_model_path() {
+  if (const char* env = std::getenv("ONEBIT_MODEL"); env != nullptr && *env != '\0') return env;
+  namespace fs = std::filesystem;
+  // The repository's models/ folder (the binary knows its source tree), then ./models.
+  for (const fs::path& dir : {fs::path(ONEBIT_SOURCE_DIR) / "models", fs::path("models")}) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) continue;
+    std::vector<fs::path> found;
+    for (const auto& e : fs::directory_iterator(dir, ec))
+      if (e.path().extension() == ".h1b") found.push_back(e.path());
+    std::sort(found.begin(), found.end());
+    if (!found.empty()) return found.front().string();
+  }
+  fail("no model given (-m PATH) and no default model found in models/ (set ONEBIT_MODEL or pass -m)");
+}
+
+}  // namespace onebit::cli
+
+int main(int argc, char** argv) {
+  using namespace onebit::cli;
+  CLI::App app{"1bit: inference for ternary (BitNet b1.58) language models", "1bit"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "1bit 0.1.0");
+  auto& cmds = commands();
+  std::stable_sort(cmds.begin(), cmds.end(), [](const Command& a, const Command& b) { return a.order < b.order; });
+  std::function<int()> run;
+  std::string running;
+  for (auto& c : cmds) {
+    CLI::App* sub = app.add_subcommand(c.name, c.help);
+    auto fn = c.setup(*sub);
+    sub->callback([&run, &running, fn, name = c.name] {
+      run = fn;
+      running = name;
+    });
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    return run ? run() : 0;
+  } catch (const onebit::Error& e) {
+    std::fprintf(stderr, "1bit %s: error: %s\n", running.c_str(), e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "1bit %s: internal error: %s\n", running.c_str(), e.what());
+    return 2;
+  }
+}
