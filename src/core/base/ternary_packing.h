@@ -27,13 +27,13 @@ size_t packed_size(Packing p, int64_t rows, int64_t cols);
 // Throws Error naming the tensor on a wrong byte size or an invalid code (the 2-bit value 3).
 TernaryMatrix unpack_ternary(const Tensor& t);
 
-// Encodes codes into packing p. For packings that embed the scale (I2_S, TQ1_0, TQ2_0, legacy
-// .h1b) it is written into the bytes; those that hold one value per tensor (I2_S) or per block
+// Encodes codes into packing p. For packings that embed the scale (I2_S, TQ1_0, TQ2_0) it is
+// written into the bytes (the legacy .h1b per-row scales stay in Tensor::scales); those that hold one value per tensor (I2_S) or per block
 // (TQ*) need scales uniform across the tensor / each row respectively, else Error.
 std::vector<uint8_t> pack_ternary(const TernaryMatrix& m, Packing p);
 
 // Reads the scales a packing embeds in its bytes (I2_S: one; TQ*: one per row, Error when the
-// blocks of a row differ; legacy .h1b: one per row). Empty for packings that keep scales outside.
+// blocks of a row differ). Empty for packings that keep scales outside (including legacy .h1b).
 std::vector<float> embedded_scales(Packing p, std::span<const uint8_t> bytes, int64_t rows, int64_t cols);
 
 // Dense tensors (F32, F16, BF16, Q8_0) to float, and float to a dense packing.
