@@ -1,6 +1,7 @@
 // `1bit info FILE [--json] [--tensors]`: what is inside a model file.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -8,6 +9,8 @@
 #include "cli/command.h"
 #include "cli/progress.h"
 #include "core/base/error.h"
+#include "core/base/ternary_packing.h"
+#include "core/formats/h1b.h"
 #include "core/formats/model_loader.h"
 #include "core/tokenizer/tokenizer.h"
 
@@ -18,9 +21,32 @@ struct InfoOptions {
   std::string path;
   bool json = false;
   bool tensors = false;
+  bool digest = false;
 };
 
-nlohmann::ordered_json describe(const Model& m, bool with_tensors) {
+// A digest of what a tensor means, independent of its packing: XXH64 of the int8 codes followed by
+// the f32 scales (ternary), or of the f32 values (dense). Equal digests across two files mean that a
+// conversion kept every code and scale (or value) identical.
+std::string content_digest(const Tensor& t) {
+  std::vector<uint8_t> buf;
+  auto append = [&buf](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    buf.insert(buf.end(), b, b + n);
+  };
+  if (is_ternary(t.packing)) {
+    TernaryMatrix m = unpack_ternary(t);
+    append(m.codes.data(), m.codes.size());
+    // A per-row scale vector whose values are all equal means the same as a single scale.
+    bool uniform = std::all_of(m.scales.begin(), m.scales.end(), [&](float s) { return s == m.scales[0]; });
+    append(m.scales.data(), (uniform ? 1 : m.scales.size()) * sizeof(float));
+  } else {
+    std::vector<float> v = dequantize(t);
+    append(v.data(), v.size() * sizeof(float));
+  }
+  return fmt::format("{:016x}", xxh64(buf));
+}
+
+nlohmann::ordered_json describe(const Model& m, bool with_tensors, bool with_digest) {
   nlohmann::ordered_json j;
   j["path"] = m.path;
   j["format"] = m.format;
@@ -41,12 +67,14 @@ nlohmann::ordered_json describe(const Model& m, bool with_tensors) {
     s.bytes += t.data.size();
     s.params += t.numel();
     (is_ternary(t.packing) ? ternary_params : dense_params) += t.numel();
-    if (with_tensors) {
-      list.push_back({{"name", t.name},
-                      {"packing", packing_name(t.packing)},
-                      {"shape", t.shape},
-                      {"bytes", t.data.size()},
-                      {"scales", t.scales.size()}});
+    if (with_tensors || with_digest) {
+      nlohmann::ordered_json e = {{"name", t.name},
+                                  {"packing", packing_name(t.packing)},
+                                  {"shape", t.shape},
+                                  {"bytes", t.data.size()},
+                                  {"scales", t.scales.size()}};
+      if (with_digest) e["digest"] = content_digest(t);
+      list.push_back(std::move(e));
     }
   }
   nlohmann::ordered_json packings = nlohmann::ordered_json::object();
@@ -57,7 +85,7 @@ nlohmann::ordered_json describe(const Model& m, bool with_tensors) {
                   {"dense_params", dense_params},
                   {"bytes", m.total_bytes()},
                   {"by_packing", packings}};
-  if (with_tensors) j["tensors"]["list"] = list;
+  if (with_tensors || with_digest) j["tensors"]["list"] = list;
 
   nlohmann::ordered_json tj;
   if (m.tokenizer.empty()) {
@@ -108,8 +136,9 @@ void print_text(const nlohmann::ordered_json& j) {
     for (const auto& e : t["list"]) {
       std::string shape;
       for (const auto& d : e["shape"]) shape += (shape.empty() ? "" : "x") + d.dump();
-      std::printf("    %-36s %-18s %-14s %10s\n", e["name"].get<std::string>().c_str(),
-                  e["packing"].get<std::string>().c_str(), shape.c_str(), human_bytes(e["bytes"].get<double>()).c_str());
+      std::printf("    %-36s %-18s %-14s %10s %s\n", e["name"].get<std::string>().c_str(),
+                  e["packing"].get<std::string>().c_str(), shape.c_str(), human_bytes(e["bytes"].get<double>()).c_str(),
+                  e.value("digest", "").c_str());
     }
   }
   const auto& tk = j["tokenizer"];
@@ -128,7 +157,7 @@ void print_text(const nlohmann::ordered_json& j) {
 
 int run_info(const InfoOptions& o) {
   auto model = load_model(o.path);
-  auto j = describe(*model, o.tensors);
+  auto j = describe(*model, o.tensors, o.digest);
   if (o.json) {
     std::printf("%s\n", j.dump(2).c_str());
   } else {
@@ -144,6 +173,8 @@ const CommandRegistrar reg{Command{
       app.add_option("file", o->path, "model file or Hugging Face folder")->required();
       app.add_flag("--json", o->json, "print JSON");
       app.add_flag("--tensors", o->tensors, "list every tensor");
+      app.add_flag("--digest", o->digest,
+                   "list every tensor with a digest of its codes and scales (or values), whatever the packing");
       return [o] { return run_info(*o); };
     },
     20}};

@@ -1,0 +1,74 @@
+// The CPU kernels of the BitNet forward pass: activation quantization, ternary GEMV/GEMM over
+// PackedTernary weights, RMSNorm (optionally fused with quantization), relu²(gate)·up, and the
+// dot/axpy pair attention uses.
+//
+// Each kernel has a scalar reference, an AVX2 and an AVX-512 VNNI version; `isa` picks one
+// (kAuto = active_isa(), see cpu_features.h). Results are bit-identical across versions: integer
+// sums are exact, and float reductions follow one fixed order (docs/kernels-cpu.md). Inputs must be
+// finite. Kernels taking a ThreadPool split rows over it (nullptr = ThreadPool::global()); the
+// others are single-threaded and cheap.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu/aligned_buffer.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/packed_ternary.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace onebit::cpu {
+
+// Activation rows quantized per BitNet: s = 127 / max(max|x|, 1e-5), q = clamp(round(x*s)) with
+// round half to even (torch.round). Rows are zero-padded to a multiple of 64 bytes (>= any
+// PackedTernary's padded columns for `cols`), so kernels read whole blocks.
+class QuantizedActs {
+ public:
+  QuantizedActs() = default;
+  QuantizedActs(int64_t rows, int64_t cols) { resize(rows, cols); }
+  // Keeps capacity; contents are unspecified until written by a quantize function.
+  void resize(int64_t rows, int64_t cols);
+
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  int64_t stride() const { return stride_; }
+  int8_t* row(int64_t i) { return data_.data() + i * stride_; }
+  const int8_t* row(int64_t i) const { return data_.data() + i * stride_; }
+
+  std::vector<float> scale;  // s per row (divide by it to dequantize)
+  std::vector<int32_t> sum;  // sum of the row's codes (the kernels subtract it; see packed_ternary.h)
+
+ private:
+  int64_t rows_ = 0, cols_ = 0, stride_ = 0;
+  AlignedVector<int8_t> data_;
+};
+
+// x: rows x cols floats, row i at x + i * x_stride. Resizes `out`.
+void quantize_activations(const float* x, int64_t rows, int64_t cols, int64_t x_stride, QuantizedActs& out,
+                          Isa isa = Isa::kAuto);
+
+// y[n * y_stride + r] = (sum_c w[r,c] * q[n,c]) * (row_scale[r] / s[n]) for every activation row n
+// and weight row r; the integer sum is exact. Throws Error if x.cols() != w.cols.
+// With x.rows() == 1 this is the decode GEMV.
+void ternary_gemm(const PackedTernary& w, const QuantizedActs& x, float* y, int64_t y_stride,
+                  ThreadPool* pool = nullptr, Isa isa = Isa::kAuto);
+// One activation row (row `n` of x): y[0..w.rows).
+void ternary_gemv(const PackedTernary& w, const QuantizedActs& x, float* y, ThreadPool* pool = nullptr,
+                  Isa isa = Isa::kAuto, int64_t n = 0);
+
+// y = x / sqrt(mean(x²) + eps) * weight, per row of `cols` values (x and y row strides = cols).
+void rmsnorm(const float* x, const float* weight, int64_t rows, int64_t cols, float eps, float* y,
+             Isa isa = Isa::kAuto);
+// rmsnorm then quantize_activations, bit-identical to doing both, without the float temporary.
+void rmsnorm_quantize(const float* x, const float* weight, int64_t rows, int64_t cols, float eps,
+                      QuantizedActs& out, Isa isa = Isa::kAuto);
+
+// out[i] = max(gate[i], 0)² · up[i]  (BitNet's relu2 FFN activation); out may alias gate or up.
+void relu2_mul(const float* gate, const float* up, int64_t n, float* out, Isa isa = Isa::kAuto);
+
+// sum(a[i] * b[i]) in the fixed 16-lane order (attention scores q·k).
+float dot(const float* a, const float* b, int64_t n, Isa isa = Isa::kAuto);
+// y[i] += a * x[i] (attention's weighted sum of values).
+void axpy(float a, const float* x, float* y, int64_t n, Isa isa = Isa::kAuto);
+
+}  // namespace onebit::cpu
