@@ -2,3 +2,8 @@
 add_test(NAME cli_convert_roundtrip
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/convert_roundtrip.sh $<TARGET_FILE:onebit_cli>)
 set_tests_properties(cli_convert_roundtrip PROPERTIES LABELS cli TIMEOUT 300)
+
+# The shipped default model against its PyTorch reference (perplexity, tokenizer, greedy text).
+add_test(NAME cli_default_model
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/default_model.sh $<TARGET_FILE:onebit_cli>)
+set_tests_properties(cli_default_model PROPERTIES LABELS cli TIMEOUT 300)

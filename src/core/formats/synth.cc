@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+
 #include "core/base/error.h"
 #include "core/base/half.h"
 #include "core/base/ternary_packing.h"
@@ -162,7 +164,8 @@ std::unique_ptr<Model> synthesize_model(const ModelConfig& config, uint64_t seed
         tm.cols = e.shape[1];
         tm.codes.resize(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) tm.codes[i] = SynthStream::code(s.next());
-        tm.scales = {bf16_round(0.75f + 0.125f * static_cast<float>(k % 7))};
+        tm.scales = {bf16_round((0.75f + 0.125f * static_cast<float>(k % 7)) /
+                                std::sqrt(static_cast<float>(tm.cols)))};
       } else {
         std::vector<float> w(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) w[i] = bf16_round((SynthStream::unit(s.next()) * 2.0f - 1.0f) * 0.05f);

@@ -2,8 +2,10 @@
 // the shared numeric definitions and why this file includes nothing else.
 // GCC 12's avx512fintrin.h builds some intrinsics on _mm512_undefined_*(), which -Wall flags as
 // "used uninitialized" once inlined (a GCC header bug); silence that for this file only.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 // Products and sums must round separately, exactly as the reference does: no FMA contraction.
 #if defined(__clang__)
 #pragma clang fp contract(off)

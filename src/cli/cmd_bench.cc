@@ -1,0 +1,226 @@
+// `1bit bench`: prompt-processing and generation speed, with the memory roofline of decode.
+//
+//   1bit bench -m model.h1b [-p 512] [-n 128] [-r 5] [--threads N] [--json]
+//
+//  - ppP: one batched prefill of P random token ids into an empty session; tokens/s = P / time.
+//  - tgN: after a short untimed prompt (kTgPrompt random ids), N single-token decode steps, each
+//    feeding back the argmax of the previous logits; tokens/s = N / time.
+//  Each is repeated r times (after one untimed warm-up pass); median, min and max are reported.
+//  - Memory read bandwidth, measured in the same run: threads streaming a buffer of
+//    max(1 GiB, 4 x LLC), best of a few passes (membw.h).
+//  - Bytes read per decoded token: the weights one decode step streams, i.e. the ternary tensors
+//    in the CPU kernel layout (padded codes + per-row scales), the norm weights as fp32 (both as the
+//    backend holds them) and the LM head matrix in its file packing (the tied embedding or
+//    output.weight). The embedding row and the KV cache reads are not counted (small for a short
+//    context).
+//  - Roofline fraction = bytes/token x tg tokens/s / bandwidth: how close decode is to the speed
+//    at which memory could deliver the weights.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "cli/membw.h"
+#include "core/base/error.h"
+#include "core/formats/model_loader.h"
+#include "engine/cpu_backend.h"
+#include "engine/engine.h"
+
+namespace onebit::cli {
+namespace {
+
+constexpr int64_t kTgPrompt = 16;
+
+struct BenchOptions {
+  std::string model;
+  std::string device = "cpu";
+  int64_t n_prompt = 512;
+  int64_t n_gen = 128;
+  int reps = 5;
+  int threads = 0;
+  bool json = false;
+  bool no_membw = false;
+};
+
+struct Stats {
+  std::vector<double> runs;  // tokens/s
+  double median = 0, min = 0, max = 0;
+};
+
+Stats summarize(std::vector<double> runs) {
+  Stats s;
+  s.runs = runs;
+  std::sort(runs.begin(), runs.end());
+  const size_t n = runs.size();
+  s.min = runs.front();
+  s.max = runs.back();
+  s.median = n % 2 ? runs[n / 2] : 0.5 * (runs[n / 2 - 1] + runs[n / 2]);
+  return s;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int32_t argmax(std::span<const float> v) {
+  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+// Bytes of the LM head as the model stores it (the tied embedding when there is no output.weight).
+size_t lm_head_bytes(const Model& m) {
+  if (const Tensor* t = m.find("output.weight")) return t->data.size();
+  return m.get("token_embd.weight").data.size();
+}
+
+nlohmann::ordered_json stats_json(int64_t n, const Stats& s) {
+  nlohmann::ordered_json j;
+  j["n"] = n;
+  j["tokens_per_s"] = s.median;
+  j["min"] = s.min;
+  j["max"] = s.max;
+  j["runs"] = s.runs;
+  return j;
+}
+
+int run_bench(const BenchOptions& o) {
+  if (o.device == "cuda") fail("--device cuda: this 1bit was built without CUDA backend");
+  if (o.device != "cpu") fail("--device must be cpu or cuda, got '{}'", o.device);
+  if (o.n_prompt < 0 || o.n_gen < 0) fail("-p and -n must be >= 0, got {} and {}", o.n_prompt, o.n_gen);
+  if (o.n_prompt == 0 && o.n_gen == 0) fail("nothing to measure: -p and -n are both 0");
+  if (o.reps < 1) fail("-r must be >= 1, got {}", o.reps);
+  const std::string path = o.model.empty() ? default_model_path() : o.model;
+
+  std::unique_ptr<Model> model = load_model(path);
+  const int64_t max_pos = model->config.max_position_embeddings > 0 ? model->config.max_position_embeddings : 4096;
+  const int64_t need = std::max(o.n_prompt, o.n_gen > 0 ? kTgPrompt + o.n_gen : 0);
+  if (need > max_pos)
+    fail("the benchmark needs {} positions (-p {}, or {} + -n {}) but the model's context is {}", need, o.n_prompt,
+         kTgPrompt, o.n_gen, max_pos);
+  EngineOptions eo;
+  eo.n_ctx = need;
+  eo.n_threads = o.threads;
+  auto engine = Engine::load(*model, eo);
+  auto session = engine->new_session();
+  const int64_t vocab = engine->n_vocab();
+  int threads = o.threads;
+  size_t bytes_per_token = lm_head_bytes(*model);
+  if (auto* cpu = dynamic_cast<CpuBackend*>(&engine->backend())) {
+    threads = cpu->n_threads();
+    bytes_per_token += cpu->weight_bytes();
+  }
+
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
+  auto random_ids = [&](int64_t n) {
+    std::vector<int32_t> v(static_cast<size_t>(n));
+    for (auto& x : v) x = dist(rng);
+    return v;
+  };
+
+  auto pp_once = [&]() {
+    const std::vector<int32_t> ids = random_ids(o.n_prompt);
+    session->reset();
+    const auto t0 = std::chrono::steady_clock::now();
+    session->decode(ids);
+    return static_cast<double>(o.n_prompt) / seconds_since(t0);
+  };
+  auto tg_once = [&]() {
+    const std::vector<int32_t> ids = random_ids(kTgPrompt);
+    session->reset();
+    std::span<const float> logits = session->decode(ids);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < o.n_gen; ++i) {
+      const int32_t next = argmax(logits);
+      logits = session->decode(std::span(&next, 1));
+    }
+    return static_cast<double>(o.n_gen) / seconds_since(t0);
+  };
+
+  std::vector<double> pp_runs, tg_runs;
+  if (o.n_prompt > 0) {
+    pp_once();  // warm-up: weights paged in, caches and thread pool settled
+    for (int r = 0; r < o.reps; ++r) pp_runs.push_back(pp_once());
+  }
+  if (o.n_gen > 0) {
+    tg_once();
+    for (int r = 0; r < o.reps; ++r) tg_runs.push_back(tg_once());
+  }
+  MemBandwidth bw;
+  if (!o.no_membw) bw = measure_read_bandwidth(threads);
+
+  const std::optional<Stats> pp = pp_runs.empty() ? std::nullopt : std::optional(summarize(pp_runs));
+  const std::optional<Stats> tg = tg_runs.empty() ? std::nullopt : std::optional(summarize(tg_runs));
+  const double roofline =
+      tg && bw.bytes_per_s > 0 ? static_cast<double>(bytes_per_token) * tg->median / bw.bytes_per_s : 0.0;
+
+  if (o.json) {
+    nlohmann::ordered_json j;
+    j["model"] = path;
+    j["device"] = o.device;
+    j["backend"] = std::string(engine->backend_name());
+    j["threads"] = threads;
+    j["reps"] = o.reps;
+    if (pp) j["pp"] = stats_json(o.n_prompt, *pp);
+    if (tg) j["tg"] = stats_json(o.n_gen, *tg);
+    j["bytes_per_token"] = bytes_per_token;
+    if (!o.no_membw) {
+      j["membw_bytes_per_s"] = bw.bytes_per_s;
+      j["membw_buffer_bytes"] = bw.buffer_bytes;
+      if (tg) j["roofline_fraction"] = roofline;
+    }
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  std::printf("model    %s (%s backend, %d threads)\n", path.c_str(), std::string(engine->backend_name()).c_str(),
+              threads);
+  std::printf("%-8s %12s %12s %12s   (tokens/s over %d runs)\n", "test", "median", "min", "max", o.reps);
+  auto row = [](const char* kind, int64_t n, const Stats& s) {
+    const std::string name = std::string(kind) + std::to_string(n);
+    std::printf("%-8s %12.2f %12.2f %12.2f\n", name.c_str(), s.median, s.min, s.max);
+  };
+  if (pp) row("pp", o.n_prompt, *pp);
+  if (tg) row("tg", o.n_gen, *tg);
+  std::printf("bytes/token  %.2f MiB (ternary weights in kernel layout + norms + LM head)\n",
+              static_cast<double>(bytes_per_token) / (1 << 20));
+  if (!o.no_membw) {
+    std::printf("memory bw    %.2f GB/s (read, %d threads, %zu MiB buffer, best of %d)\n", bw.bytes_per_s / 1e9,
+                bw.threads, bw.buffer_bytes >> 20, bw.passes);
+    if (tg)
+      std::printf("roofline     %.1f%% (bytes/token x tg tokens/s / bandwidth = %.2f GB/s)\n", 100.0 * roofline,
+                  static_cast<double>(bytes_per_token) * tg->median / 1e9);
+  }
+  return 0;
+}
+
+const CommandRegistrar kBench{{
+    "bench",
+    "Measure prompt processing (pp) and generation (tg) speed and the decode memory roofline",
+    [](CLI::App& app) -> std::function<int()> {
+      auto o = std::make_shared<BenchOptions>();
+      app.footer(
+          "ppN: one prefill of N random ids. tgN: N single-token decode steps after a 16-token prompt.\n"
+          "Each repeated -r times after a warm-up; median, min, max in tokens/s. bytes/token = ternary\n"
+          "weights in the CPU kernel layout + norms (fp32) + LM head as stored; roofline = bytes/token x\n"
+          "tg tokens/s / measured memory read bandwidth.");
+      app.add_option("-m,--model", o->model, "Model file or folder (default: the model in models/ or $ONEBIT_MODEL)");
+      app.add_option("-p,--n-prompt", o->n_prompt, "Prompt tokens for pp (0 = skip)")->capture_default_str();
+      app.add_option("-n,--n-gen", o->n_gen, "Generated tokens for tg (0 = skip)")->capture_default_str();
+      app.add_option("-r,--repetitions", o->reps, "Runs of each test")->capture_default_str();
+      app.add_option("-t,--threads", o->threads, "CPU threads (0 = all)")->capture_default_str();
+      app.add_option("--device", o->device, "cpu (cuda: reserved)")->capture_default_str();
+      app.add_flag("--no-membw", o->no_membw, "Skip the memory bandwidth measurement");
+      app.add_flag("--json", o->json, "Print the results as one JSON object");
+      return [o] { return run_bench(*o); };
+    },
+    60,
+}};
+
+}  // namespace
+}  // namespace onebit::cli

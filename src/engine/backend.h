@@ -1,0 +1,104 @@
+// Backend: the small table of operations the BitNet graph is written against.
+//
+// The graph code (bitnet_graph.h) never touches activation memory itself: it allocates buffers
+// through the backend and passes their pointers back to the backend's operations. For the CPU
+// backend those pointers are host memory; for a GPU backend they would be device pointers, and
+// the only host<->device transfers are the token ids going in (embed) and the logits coming out
+// (lm_head). A backend prepares (repacks) weights once at load and refers to them by handle.
+//
+// Row conventions: an activation matrix of `n` token rows and `dim` columns is row-major
+// float[n][dim]. Rows of one call are consecutive positions pos0, pos0 + 1, ... of one sequence.
+//
+// KV cache layout (every backend): for each layer, K and V are [kv_head][pos][head_dim], element
+// type fp32 or fp16, so a head's keys are one contiguous run of positions.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "core/base/model.h"
+
+namespace onebit {
+
+// A weight prepared by a backend. rows/cols are the logical [out][in] shape.
+struct WeightHandle {
+  int32_t id = -1;
+  int64_t rows = 0, cols = 0;
+};
+
+// Quantized activations (BitLinear input): int8 codes with one scale s = 127/absmax per row.
+// Made by Backend::alloc_quant; what `impl` points to (codes, per-row scales and sums, padding)
+// is the backend's own business: only the backend reads and writes it.
+struct QuantBuffer {
+  void* impl = nullptr;
+  int64_t rows = 0, cols = 0;  // capacity
+};
+
+enum class KvDtype : uint8_t { kF32, kF16 };
+size_t kv_dtype_size(KvDtype t);
+std::string_view kv_dtype_name(KvDtype t);
+
+// A KV cache in backend memory (see the layout above).
+struct KvCacheView {
+  void* data = nullptr;  // all K then all V: [2][layer][kv_head][pos][head_dim]
+  KvDtype dtype = KvDtype::kF32;
+  int64_t n_layers = 0, n_kv_heads = 0, n_ctx = 0, head_dim = 0;
+
+  size_t bytes() const;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+
+  // ---- weights (called at load) ----
+  // Any ternary packing; scales (1 or one per row) come from the tensor.
+  virtual WeightHandle add_ternary(const Tensor& t) = 0;
+  // A 1-D norm weight (any dense packing), kept as fp32.
+  virtual WeightHandle add_norm(const Tensor& t) = 0;
+  // A dense [rows][cols] matrix used by embed() and lm_head() (F32/F16/BF16/Q8_0). The backend
+  // may keep pointing at the tensor's bytes: the Model must outlive the backend.
+  virtual WeightHandle add_dense(const Tensor& t) = 0;
+  // Precomputes the rotary tables: split-half RoPE over head_dim, inv_freq[i] = 1/theta^(2i/D)
+  // in fp32, positions [0, n_pos).
+  virtual void init_rope(int64_t head_dim, double theta, int64_t n_pos) = 0;
+
+  // ---- memory ----
+  virtual void* alloc(size_t bytes) = 0;  // zero-filled, 64-byte aligned
+  virtual void free(void* p) = 0;
+  virtual QuantBuffer alloc_quant(int64_t rows, int64_t cols) = 0;
+  virtual void free_quant(QuantBuffer q) = 0;
+
+  // ---- operations (n = token rows in this call) ----
+  // x[i] = row tokens[i] of `table` converted to fp32. Ids are checked by the caller.
+  virtual void embed(WeightHandle table, std::span<const int32_t> tokens, float* x) = 0;
+  // y = x * rsqrt(mean(x^2) + eps) * w, per row, fp32.
+  virtual void rmsnorm(const float* x, WeightHandle w, int64_t n, float eps, float* y) = 0;
+  // rmsnorm then per-row activation quantization, into q (rows [0, n)).
+  virtual void rmsnorm_quantize(const float* x, WeightHandle w, int64_t n, float eps, QuantBuffer q) = 0;
+  // Per-row activation quantization: s = 127/max(absmax, 1e-5), q = clamp(rint(x*s), -128, 127).
+  virtual void quantize(const float* x, int64_t n, int64_t dim, QuantBuffer q) = 0;
+  // y[i][r] = (sum_c w[r][c] * q[i][c]) / s_i * scale_r, y is [n][w.rows].
+  virtual void ternary_matmul(WeightHandle w, QuantBuffer q, int64_t n, float* y) = 0;
+  // Rotates each of n_heads heads of every row in place; row i is at position pos0 + i.
+  virtual void rope(float* x, int64_t n, int64_t n_heads, int64_t pos0) = 0;
+  // Writes k/v rows ([n][kv_heads*head_dim]) at positions pos0.. of `layer`.
+  virtual void kv_store(const KvCacheView& kv, int64_t layer, const float* k, const float* v, int64_t n,
+                        int64_t pos0) = 0;
+  // Causal GQA attention: q is [n][n_heads*head_dim], row i (position pos0 + i) attends to
+  // positions [0, pos0 + i] of the cache; kv head = q head / (n_heads / kv_heads).
+  // out = softmax(q.k / sqrt(head_dim)) . v, same shape as q.
+  virtual void attention(const KvCacheView& kv, int64_t layer, const float* q, int64_t n, int64_t n_heads,
+                         int64_t pos0, float* out) = 0;
+  // out = relu(gate)^2 * up, elementwise over `count` values.
+  virtual void relu2_mul(const float* gate, const float* up, int64_t count, float* out) = 0;
+  // x += y over `count` values.
+  virtual void add(float* x, const float* y, int64_t count) = 0;
+  // logits[i][v] = sum_c w[v][c] * x[i][c] (fp32 accumulation); `logits` is HOST memory [n][w.rows].
+  virtual void lm_head(WeightHandle w, const float* x, int64_t n, float* logits) = 0;
+};
+
+}  // namespace onebit

@@ -1,0 +1,476 @@
+#include "engine/cpu_backend.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <new>
+
+#include "core/base/error.h"
+#include "core/base/half.h"
+#include "core/base/ternary_packing.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace onebit {
+
+namespace engine_simd {
+float bf16_dot_avx512(const uint16_t* w, const float* x, int64_t n);  // lm_head_avx512.cc
+}
+
+size_t kv_dtype_size(KvDtype t) { return t == KvDtype::kF16 ? 2 : 4; }
+
+std::string_view kv_dtype_name(KvDtype t) { return t == KvDtype::kF16 ? "f16" : "f32"; }
+
+size_t KvCacheView::bytes() const {
+  return 2 * static_cast<size_t>(n_layers * n_kv_heads * n_ctx * head_dim) * kv_dtype_size(dtype);
+}
+
+void dense_row_to_f32(const Tensor& t, int64_t row, float* out) {
+  const int64_t cols = t.cols();
+  const uint8_t* d = t.data.data();
+  switch (t.packing) {
+    case Packing::kF32:
+      std::memcpy(out, d + row * cols * 4, static_cast<size_t>(cols) * 4);
+      return;
+    case Packing::kF16: {
+      const uint8_t* p = d + row * cols * 2;
+      for (int64_t c = 0; c < cols; ++c) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * c, 2);
+        out[c] = f16_to_f32(h);
+      }
+      return;
+    }
+    case Packing::kBF16: {
+      const uint8_t* p = d + row * cols * 2;
+      for (int64_t c = 0; c < cols; ++c) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * c, 2);
+        out[c] = bf16_to_f32(h);
+      }
+      return;
+    }
+    case Packing::kQ8_0: {
+      const int64_t nb = cols / 32;
+      const uint8_t* p = d + row * nb * 34;
+      for (int64_t b = 0; b < nb; ++b, p += 34) {
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        const float s = f16_to_f32(h);
+        for (int j = 0; j < 32; ++j) out[b * 32 + j] = s * static_cast<float>(static_cast<int8_t>(p[2 + j]));
+      }
+      return;
+    }
+    default: fail("tensor {}: packing {} is not a dense matrix", t.name, packing_name(t.packing));
+  }
+}
+
+namespace {
+
+struct TernaryWeight {
+  cpu::PackedTernary packed;  // fast path
+  TernaryMatrix ref;          // reference path: codes [rows][cols] and 1 or `rows` scales
+  float ref_scale(int64_t r) const { return ref.scales.size() == 1 ? ref.scales[0] : ref.scales[r]; }
+};
+
+size_t dense_row_bytes(const Tensor& t) {
+  switch (t.packing) {
+    case Packing::kF32: return static_cast<size_t>(t.cols()) * 4;
+    case Packing::kF16:
+    case Packing::kBF16: return static_cast<size_t>(t.cols()) * 2;
+    case Packing::kQ8_0: return static_cast<size_t>(t.cols() / 32) * 34;
+    default: return 0;
+  }
+}
+
+// Scratch that grows to the largest request, one per thread (attention scores, converted rows).
+std::vector<float>& scratch(size_t n, int which) {
+  thread_local std::vector<float> bufs[3];
+  if (bufs[which].size() < n) bufs[which].resize(n);
+  return bufs[which];
+}
+
+// ---- reference ops: plain loops, double accumulation where a sum is long ----
+
+float ref_rms_factor(const float* x, int64_t n, float eps) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float mean = static_cast<float>(ss / static_cast<double>(n));
+  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(mean + eps)));
+}
+
+void ref_quantize_row(const float* x, int64_t n, int8_t* q, float* scale, int32_t* sum) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float s = 127.0f / std::max(amax, 1e-5f);
+  int32_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = std::clamp(std::nearbyint(x[i] * s), -128.0f, 127.0f);  // half to even
+    q[i] = static_cast<int8_t>(v);
+    total += q[i];
+  }
+  *scale = s;
+  *sum = total;
+}
+
+}  // namespace
+
+struct CpuBackend::Impl {
+  explicit Impl(int n_threads) : pool(n_threads) {}
+  cpu::ThreadPool pool;
+  std::vector<TernaryWeight> ternary;
+  std::vector<std::vector<float>> norms;
+  std::vector<Tensor> dense;  // views into the model
+  int64_t head_dim = 0, n_pos = 0;
+  std::vector<float> cos, sin;  // [n_pos][head_dim / 2]
+
+  const TernaryWeight& tw(WeightHandle h) const {
+    if (h.id < 0 || static_cast<size_t>(h.id) >= ternary.size()) fail("cpu backend: bad ternary weight handle {}", h.id);
+    return ternary[static_cast<size_t>(h.id)];
+  }
+  const std::vector<float>& nw(WeightHandle h) const {
+    if (h.id < 0 || static_cast<size_t>(h.id) >= norms.size()) fail("cpu backend: bad norm weight handle {}", h.id);
+    return norms[static_cast<size_t>(h.id)];
+  }
+  const Tensor& dw(WeightHandle h) const {
+    if (h.id < 0 || static_cast<size_t>(h.id) >= dense.size()) fail("cpu backend: bad dense weight handle {}", h.id);
+    return dense[static_cast<size_t>(h.id)];
+  }
+};
+
+namespace {
+
+cpu::QuantizedActs& qa(QuantBuffer q) { return *static_cast<cpu::QuantizedActs*>(q.impl); }
+
+}  // namespace
+
+CpuBackend::CpuBackend(const CpuBackendOptions& opts)
+    : reference_(opts.reference), impl_(std::make_unique<Impl>(opts.reference ? 1 : opts.n_threads)) {}
+
+CpuBackend::~CpuBackend() = default;
+
+std::string_view CpuBackend::name() const { return reference_ ? "cpu-reference" : "cpu"; }
+
+int CpuBackend::n_threads() const { return impl_->pool.num_threads(); }
+
+WeightHandle CpuBackend::add_ternary(const Tensor& t) {
+  TernaryWeight w;
+  TernaryMatrix m = unpack_ternary(t);
+  if (m.scales.size() != 1 && static_cast<int64_t>(m.scales.size()) != m.rows)
+    fail("tensor {}: {} scales for {} rows", t.name, m.scales.size(), m.rows);
+  if (reference_) {
+    w.ref = std::move(m);
+  } else {
+    w.packed = cpu::repack_for_cpu(m);
+  }
+  impl_->ternary.push_back(std::move(w));
+  return {static_cast<int32_t>(impl_->ternary.size() - 1), t.rows(), t.cols()};
+}
+
+WeightHandle CpuBackend::add_norm(const Tensor& t) {
+  std::vector<float> w = dequantize(t);
+  const int64_t n = static_cast<int64_t>(w.size());
+  impl_->norms.push_back(std::move(w));
+  return {static_cast<int32_t>(impl_->norms.size() - 1), 1, n};
+}
+
+WeightHandle CpuBackend::add_dense(const Tensor& t) {
+  if (t.shape.size() != 2) fail("tensor {}: expected a matrix, has shape {}", t.name, t.shape_str());
+  const size_t rb = dense_row_bytes(t);
+  if (rb == 0) fail("tensor {}: packing {} is not supported for a dense matrix", t.name, packing_name(t.packing));
+  if (t.packing == Packing::kQ8_0 && t.cols() % 32 != 0)
+    fail("tensor {}: Q8_0 needs a column count divisible by 32, has {}", t.name, t.cols());
+  if (t.data.size() < rb * static_cast<size_t>(t.rows()))
+    fail("tensor {}: {} {} needs {} bytes, has {}", t.name, packing_name(t.packing), t.shape_str(),
+         rb * static_cast<size_t>(t.rows()), t.data.size());
+  Tensor view;
+  view.name = t.name;
+  view.packing = t.packing;
+  view.shape = t.shape;
+  view.data = t.data;
+  impl_->dense.push_back(std::move(view));
+  return {static_cast<int32_t>(impl_->dense.size() - 1), t.rows(), t.cols()};
+}
+
+void CpuBackend::init_rope(int64_t head_dim, double theta, int64_t n_pos) {
+  if (head_dim <= 0 || head_dim % 2 != 0) fail("rope: head_dim must be even and positive, got {}", head_dim);
+  const int64_t half = head_dim / 2;
+  impl_->head_dim = head_dim;
+  impl_->n_pos = n_pos;
+  impl_->cos.assign(static_cast<size_t>(n_pos * half), 0.0f);
+  impl_->sin.assign(static_cast<size_t>(n_pos * half), 0.0f);
+  // transformers: inv_freq = 1 / theta ** (arange(0, D, 2).float() / D), all fp32; the angle is
+  // the fp32 product pos * inv_freq; cos/sin of that fp32 angle (computed in double, rounded once).
+  std::vector<float> inv(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    const float e = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    const float p = static_cast<float>(std::pow(static_cast<double>(static_cast<float>(theta)), static_cast<double>(e)));
+    inv[static_cast<size_t>(i)] = 1.0f / p;
+  }
+  for (int64_t pos = 0; pos < n_pos; ++pos)
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = static_cast<float>(pos) * inv[static_cast<size_t>(i)];
+      impl_->cos[static_cast<size_t>(pos * half + i)] = static_cast<float>(std::cos(static_cast<double>(a)));
+      impl_->sin[static_cast<size_t>(pos * half + i)] = static_cast<float>(std::sin(static_cast<double>(a)));
+    }
+}
+
+void* CpuBackend::alloc(size_t bytes) {
+  bytes = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+  void* p = ::operator new(bytes, std::align_val_t{64});
+  std::memset(p, 0, bytes);
+  return p;
+}
+
+void CpuBackend::free(void* p) {
+  if (p != nullptr) ::operator delete(p, std::align_val_t{64});
+}
+
+QuantBuffer CpuBackend::alloc_quant(int64_t rows, int64_t cols) {
+  auto* q = new cpu::QuantizedActs(rows, cols);
+  return {q, rows, cols};
+}
+
+void CpuBackend::free_quant(QuantBuffer q) { delete static_cast<cpu::QuantizedActs*>(q.impl); }
+
+size_t CpuBackend::weight_bytes() const {
+  size_t b = 0;
+  for (const auto& w : impl_->ternary)
+    b += w.packed.data.size() + w.packed.row_scales.size() * 4 + w.ref.codes.size() + w.ref.scales.size() * 4;
+  for (const auto& n : impl_->norms) b += n.size() * 4;
+  return b;
+}
+
+void CpuBackend::embed(WeightHandle table, std::span<const int32_t> tokens, float* x) {
+  const Tensor& t = impl_->dw(table);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= t.rows()) fail("token id {} out of range [0, {})", tokens[i], t.rows());
+    dense_row_to_f32(t, tokens[i], x + static_cast<int64_t>(i) * t.cols());
+  }
+}
+
+void CpuBackend::rmsnorm(const float* x, WeightHandle wh, int64_t n, float eps, float* y) {
+  const std::vector<float>& w = impl_->nw(wh);
+  const int64_t dim = static_cast<int64_t>(w.size());
+  if (!reference_) {
+    cpu::rmsnorm(x, w.data(), n, dim, eps, y);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float r = ref_rms_factor(x + i * dim, dim, eps);
+    for (int64_t c = 0; c < dim; ++c) y[i * dim + c] = (x[i * dim + c] * r) * w[static_cast<size_t>(c)];
+  }
+}
+
+void CpuBackend::rmsnorm_quantize(const float* x, WeightHandle wh, int64_t n, float eps, QuantBuffer q) {
+  const std::vector<float>& w = impl_->nw(wh);
+  const int64_t dim = static_cast<int64_t>(w.size());
+  if (n > q.rows || dim != q.cols) fail("rmsnorm_quantize: {}x{} rows into a {}x{} buffer", n, dim, q.rows, q.cols);
+  if (!reference_) {
+    cpu::rmsnorm_quantize(x, w.data(), n, dim, eps, qa(q));
+    return;
+  }
+  std::vector<float>& tmp = scratch(static_cast<size_t>(dim), 0);
+  cpu::QuantizedActs& out = qa(q);
+  out.resize(n, dim);
+  for (int64_t i = 0; i < n; ++i) {
+    const float r = ref_rms_factor(x + i * dim, dim, eps);
+    for (int64_t c = 0; c < dim; ++c) tmp[static_cast<size_t>(c)] = (x[i * dim + c] * r) * w[static_cast<size_t>(c)];
+    ref_quantize_row(tmp.data(), dim, out.row(i), &out.scale[static_cast<size_t>(i)], &out.sum[static_cast<size_t>(i)]);
+  }
+}
+
+void CpuBackend::quantize(const float* x, int64_t n, int64_t dim, QuantBuffer q) {
+  if (n > q.rows || dim != q.cols) fail("quantize: {}x{} rows into a {}x{} buffer", n, dim, q.rows, q.cols);
+  if (!reference_) {
+    cpu::quantize_activations(x, n, dim, dim, qa(q));
+    return;
+  }
+  cpu::QuantizedActs& out = qa(q);
+  out.resize(n, dim);
+  for (int64_t i = 0; i < n; ++i)
+    ref_quantize_row(x + i * dim, dim, out.row(i), &out.scale[static_cast<size_t>(i)], &out.sum[static_cast<size_t>(i)]);
+}
+
+void CpuBackend::ternary_matmul(WeightHandle wh, QuantBuffer q, int64_t n, float* y) {
+  const TernaryWeight& w = impl_->tw(wh);
+  cpu::QuantizedActs& x = qa(q);
+  if (x.rows() != n || x.cols() != wh.cols)
+    fail("ternary_matmul: activations {}x{}, expected {}x{}", x.rows(), x.cols(), n, wh.cols);
+  if (!reference_) {
+    cpu::ternary_gemm(w.packed, x, y, wh.rows, &impl_->pool);
+    return;
+  }
+  const int64_t rows = w.ref.rows, cols = w.ref.cols;
+  for (int64_t i = 0; i < n; ++i) {
+    const int8_t* xq = x.row(i);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int8_t* wr = w.ref.codes.data() + r * cols;
+      int32_t acc = 0;
+      for (int64_t c = 0; c < cols; ++c) acc += static_cast<int32_t>(wr[c]) * xq[c];
+      y[i * rows + r] = static_cast<float>(acc) / x.scale[static_cast<size_t>(i)] * w.ref_scale(r);
+    }
+  }
+}
+
+void CpuBackend::rope(float* x, int64_t n, int64_t n_heads, int64_t pos0) {
+  const int64_t d = impl_->head_dim, half = d / 2;
+  if (pos0 < 0 || pos0 + n > impl_->n_pos) fail("rope: positions [{}, {}) beyond the table ({})", pos0, pos0 + n, impl_->n_pos);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* c = impl_->cos.data() + (pos0 + i) * half;
+    const float* s = impl_->sin.data() + (pos0 + i) * half;
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = x + (i * n_heads + h) * d;
+      // q*cos + rotate_half(q)*sin, rotate_half(q) = [-q2, q1]; pairs (j, j + D/2) share an angle.
+      for (int64_t j = 0; j < half; ++j) {
+        const float a = v[j], b = v[j + half];
+        v[j] = a * c[j] - b * s[j];
+        v[j + half] = b * c[j] + a * s[j];
+      }
+    }
+  }
+}
+
+namespace {
+
+size_t kv_offset(const KvCacheView& kv, int64_t which, int64_t layer, int64_t head, int64_t pos) {
+  return static_cast<size_t>((((which * kv.n_layers + layer) * kv.n_kv_heads + head) * kv.n_ctx + pos) * kv.head_dim);
+}
+
+// Pointer to the fp32 row of K (which = 0) or V (1); for an fp16 cache, the row converted into `buf`.
+const float* kv_row(const KvCacheView& kv, int64_t which, int64_t layer, int64_t head, int64_t pos, float* buf) {
+  const size_t off = kv_offset(kv, which, layer, head, pos);
+  if (kv.dtype == KvDtype::kF32) return static_cast<const float*>(kv.data) + off;
+  const uint16_t* h = static_cast<const uint16_t*>(kv.data) + off;
+  for (int64_t j = 0; j < kv.head_dim; ++j) buf[j] = f16_to_f32(h[j]);
+  return buf;
+}
+
+}  // namespace
+
+void CpuBackend::kv_store(const KvCacheView& kv, int64_t layer, const float* k, const float* v, int64_t n,
+                          int64_t pos0) {
+  if (pos0 < 0 || pos0 + n > kv.n_ctx) fail("kv cache: positions [{}, {}) beyond the context ({})", pos0, pos0 + n, kv.n_ctx);
+  const int64_t hk = kv.n_kv_heads, d = kv.head_dim;
+  for (int64_t which = 0; which < 2; ++which) {
+    const float* src = which == 0 ? k : v;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t h = 0; h < hk; ++h) {
+        const float* s = src + (i * hk + h) * d;
+        const size_t off = kv_offset(kv, which, layer, h, pos0 + i);
+        if (kv.dtype == KvDtype::kF32) {
+          std::memcpy(static_cast<float*>(kv.data) + off, s, static_cast<size_t>(d) * 4);
+        } else {
+          uint16_t* dst = static_cast<uint16_t*>(kv.data) + off;
+          for (int64_t j = 0; j < d; ++j) dst[j] = f32_to_f16(s[j]);
+        }
+      }
+  }
+}
+
+void CpuBackend::attention(const KvCacheView& kv, int64_t layer, const float* q, int64_t n, int64_t n_heads,
+                           int64_t pos0, float* out) {
+  const int64_t d = kv.head_dim, group = n_heads / kv.n_kv_heads;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  const bool ref = reference_;
+  auto one = [&](int64_t task) {
+    const int64_t i = task / n_heads, h = task % n_heads, kvh = h / group;
+    const int64_t n_keys = pos0 + i + 1;
+    const float* qv = q + (i * n_heads + h) * d;
+    float* o = out + (i * n_heads + h) * d;
+    std::vector<float>& sc = scratch(static_cast<size_t>(n_keys), 0);
+    std::vector<float>& rowbuf = scratch(static_cast<size_t>(d), 1);
+    float m = -INFINITY;
+    for (int64_t j = 0; j < n_keys; ++j) {
+      const float* kr = kv_row(kv, 0, layer, kvh, j, rowbuf.data());
+      float dot;
+      if (ref) {
+        double acc = 0.0;
+        for (int64_t c = 0; c < d; ++c) acc += static_cast<double>(qv[c]) * kr[c];
+        dot = static_cast<float>(acc);
+      } else {
+        dot = cpu::dot(qv, kr, d);
+      }
+      sc[static_cast<size_t>(j)] = dot * scale;
+      m = std::max(m, sc[static_cast<size_t>(j)]);
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n_keys; ++j) {
+      sc[static_cast<size_t>(j)] = std::exp(sc[static_cast<size_t>(j)] - m);
+      sum += sc[static_cast<size_t>(j)];
+    }
+    std::fill(o, o + d, 0.0f);
+    for (int64_t j = 0; j < n_keys; ++j) {
+      const float p = sc[static_cast<size_t>(j)] / sum;
+      const float* vr = kv_row(kv, 1, layer, kvh, j, rowbuf.data());
+      if (ref) {
+        for (int64_t c = 0; c < d; ++c) o[c] += p * vr[c];
+      } else {
+        cpu::axpy(p, vr, o, d);
+      }
+    }
+  };
+  if (ref) {
+    for (int64_t t = 0; t < n * n_heads; ++t) one(t);
+  } else {
+    impl_->pool.parallel_for(n * n_heads, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) one(t);
+    });
+  }
+}
+
+void CpuBackend::relu2_mul(const float* gate, const float* up, int64_t count, float* out) {
+  if (!reference_) {
+    cpu::relu2_mul(gate, up, count, out);
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    const float g = std::max(gate[i], 0.0f);
+    out[i] = (g * g) * up[i];
+  }
+}
+
+void CpuBackend::add(float* x, const float* y, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) x[i] += y[i];
+}
+
+void CpuBackend::lm_head(WeightHandle wh, const float* x, int64_t n, float* logits) {
+  const Tensor& t = impl_->dw(wh);
+  const int64_t rows = t.rows(), cols = t.cols();
+  if (!reference_ && t.packing == Packing::kBF16 && cpu::active_isa() == cpu::Isa::kAvx512 &&
+      reinterpret_cast<uintptr_t>(t.data.data()) % 2 == 0) {
+    // bf16 rows read in place: no conversion pass over the (largest) matrix of a decode step.
+    const uint16_t* w = reinterpret_cast<const uint16_t*>(t.data.data());
+    impl_->pool.parallel_for(rows, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t i = 0; i < n; ++i)
+          logits[i * rows + r] = engine_simd::bf16_dot_avx512(w + r * cols, x + i * cols, cols);
+    });
+    return;
+  }
+  auto range = [&](int64_t r0, int64_t r1) {
+    std::vector<float>& w = scratch(static_cast<size_t>(cols), 2);
+    for (int64_t r = r0; r < r1; ++r) {
+      dense_row_to_f32(t, r, w.data());
+      for (int64_t i = 0; i < n; ++i) {
+        const float* xi = x + i * cols;
+        float v;
+        if (reference_) {
+          double acc = 0.0;
+          for (int64_t c = 0; c < cols; ++c) acc += static_cast<double>(w[static_cast<size_t>(c)]) * xi[c];
+          v = static_cast<float>(acc);
+        } else {
+          v = cpu::dot(w.data(), xi, cols);
+        }
+        logits[i * rows + r] = v;
+      }
+    }
+  };
+  if (reference_) {
+    range(0, rows);
+  } else {
+    impl_->pool.parallel_for(rows, 64, range);
+  }
+}
+
+}  // namespace onebit

@@ -1,0 +1,71 @@
+// CpuBackend: the Backend on the host CPU.
+//
+// Two implementations of every operation live here, chosen at construction:
+//  - fast (default): the SIMD kernels of src/kernels/cpu (ternary GEMM on int8 activations over
+//    weights repacked to cpu::PackedTernary, fused RMSNorm+quantize, relu²·up, dot/axpy), the
+//    work split over a ThreadPool the backend owns;
+//  - reference: plain scalar loops written here over unpacked int8 codes, single-threaded and
+//    obviously correct, used by tests to check the fast path (and the other way round).
+// Both compute the same math (backend.h); they agree to float rounding, not bit for bit.
+#pragma once
+
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "engine/backend.h"
+
+namespace onebit {
+
+struct CpuBackendOptions {
+  int n_threads = 0;       // 0 = hardware threads
+  bool reference = false;  // scalar reference ops instead of the SIMD kernels
+};
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const CpuBackendOptions& opts);
+  ~CpuBackend() override;
+
+  std::string_view name() const override;
+  bool reference() const { return reference_; }
+  int n_threads() const;
+
+  WeightHandle add_ternary(const Tensor& t) override;
+  WeightHandle add_norm(const Tensor& t) override;
+  WeightHandle add_dense(const Tensor& t) override;
+  void init_rope(int64_t head_dim, double theta, int64_t n_pos) override;
+
+  void* alloc(size_t bytes) override;
+  void free(void* p) override;
+  QuantBuffer alloc_quant(int64_t rows, int64_t cols) override;
+  void free_quant(QuantBuffer q) override;
+
+  void embed(WeightHandle table, std::span<const int32_t> tokens, float* x) override;
+  void rmsnorm(const float* x, WeightHandle w, int64_t n, float eps, float* y) override;
+  void rmsnorm_quantize(const float* x, WeightHandle w, int64_t n, float eps, QuantBuffer q) override;
+  void quantize(const float* x, int64_t n, int64_t dim, QuantBuffer q) override;
+  void ternary_matmul(WeightHandle w, QuantBuffer q, int64_t n, float* y) override;
+  void rope(float* x, int64_t n, int64_t n_heads, int64_t pos0) override;
+  void kv_store(const KvCacheView& kv, int64_t layer, const float* k, const float* v, int64_t n,
+                int64_t pos0) override;
+  void attention(const KvCacheView& kv, int64_t layer, const float* q, int64_t n, int64_t n_heads, int64_t pos0,
+                 float* out) override;
+  void relu2_mul(const float* gate, const float* up, int64_t count, float* out) override;
+  void add(float* x, const float* y, int64_t count) override;
+  void lm_head(WeightHandle w, const float* x, int64_t n, float* logits) override;
+
+  // Bytes of weights the backend holds (repacked ternary + norms; dense matrices stay in the model).
+  size_t weight_bytes() const;
+
+  struct Impl;
+
+ private:
+  bool reference_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Converts row `row` of a dense [rows][cols] tensor (F32, F16, BF16, Q8_0) to fp32.
+void dense_row_to_f32(const Tensor& t, int64_t row, float* out);
+
+}  // namespace onebit

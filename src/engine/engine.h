@@ -1,0 +1,92 @@
+// Engine and Session: run a loaded BitNet b1.58 model.
+//
+//   auto model = load_model(path);
+//   auto engine = Engine::load(*model, {.n_ctx = 2048});
+//   auto s = engine->new_session();
+//   std::span<const float> logits = s->decode(prompt_ids);   // prefill, logits of the last token
+//   logits = s->decode(std::span(&next, 1));                 // one decode step
+//
+// The Engine owns the backend and the weights repacked for it; the Model must outlive the Engine
+// (embedding and LM head are read from the model's memory without a copy) and the Engine must
+// outlive its Sessions. A Session is one sequence: its KV cache (n_ctx positions) and scratch.
+// Sessions of one Engine may be used from one thread at a time (the backend is shared).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "core/base/model.h"
+#include "engine/backend.h"
+
+namespace onebit {
+
+class BitnetGraph;
+class GraphState;
+
+struct EngineOptions {
+  int64_t n_ctx = 0;      // context length (KV cache positions); 0 = min(max_position_embeddings, 4096)
+  int n_threads = 0;      // CPU threads, 0 = all hardware threads
+  int64_t n_batch = 256;  // token rows per forward pass; longer prompts are split into chunks
+  KvDtype kv_dtype = KvDtype::kF32;
+  bool reference = false;  // scalar reference ops instead of the SIMD kernels (tests, debugging)
+};
+
+class Session;
+
+class Engine {
+ public:
+  // Validates the model and the options (Error naming the problem), uploads the weights.
+  static std::unique_ptr<Engine> load(const Model& model, const EngineOptions& opts = {});
+  ~Engine();
+
+  std::unique_ptr<Session> new_session();
+
+  const ModelConfig& config() const;
+  const EngineOptions& options() const { return opts_; }  // n_ctx resolved
+  int64_t n_ctx() const { return opts_.n_ctx; }
+  int64_t n_vocab() const;
+  Backend& backend() { return *backend_; }
+  std::string_view backend_name() const;
+
+ private:
+  friend class Session;
+  Engine() = default;
+  EngineOptions opts_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<BitnetGraph> graph_;
+};
+
+class Session {
+ public:
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Appends `tokens` at positions n_past().. (the prompt goes through the batched GEMM path, in
+  // chunks of n_batch rows) and returns the logits of the last new token ([n_vocab]) or, with
+  // all_logits, of every new token ([tokens.size()][n_vocab]). The span stays valid until the next
+  // call. Throws Error (and leaves the session unchanged) on an empty list, an id outside the
+  // vocabulary, or when the tokens do not fit in the context.
+  std::span<const float> decode(std::span<const int32_t> tokens, bool all_logits = false);
+
+  int64_t n_past() const { return n_past_; }
+  int64_t n_ctx() const;
+  int64_t n_vocab() const;
+  // Forgets everything (n_past = 0).
+  void reset() { n_past_ = 0; }
+  // Keeps the first n positions of the KV cache (chat: reuse a common prefix); n <= n_past.
+  void truncate(int64_t n);
+
+ private:
+  friend class Engine;
+  explicit Session(Engine& e);
+  Engine& engine_;
+  std::unique_ptr<GraphState> state_;
+  int64_t n_past_ = 0;
+  std::vector<float> logits_;
+};
+
+}  // namespace onebit

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `1bit bench --json` on a synthesized tiny model: the JSON parses and every number is positive;
+# --device cuda is refused clearly in a CPU-only build.
+set -euo pipefail
+BIN="$1"
+W="$(mktemp -d)"
+trap 'rm -rf "$W"' EXIT
+"$BIN" synth --preset tiny -o "$W/tiny.h1b" > /dev/null
+"$BIN" bench -m "$W/tiny.h1b" -p 32 -n 8 -r 2 -t 2 --json > "$W/bench.json"
+python3 - "$W/bench.json" <<'PY'
+import json, math, sys
+j = json.load(open(sys.argv[1]))
+def pos(x, what):
+    assert isinstance(x, (int, float)) and math.isfinite(x) and x > 0, (what, x)
+assert j["pp"]["n"] == 32 and j["tg"]["n"] == 8, j
+for t in ("pp", "tg"):
+    r = j[t]
+    assert len(r["runs"]) == 2, r
+    for k in ("tokens_per_s", "min", "max"):
+        pos(r[k], f"{t}.{k}")
+    assert r["min"] <= r["tokens_per_s"] <= r["max"], r
+pos(j["bytes_per_token"], "bytes_per_token")
+pos(j["membw_bytes_per_s"], "membw_bytes_per_s")
+pos(j["roofline_fraction"], "roofline_fraction")
+assert j["membw_buffer_bytes"] >= 1 << 30, j
+assert j["threads"] == 2, j
+# The tiny model's decode weights: 4 layers x 7 ternary matrices (kernel layout) + norms + LM head.
+assert 500_000 < j["bytes_per_token"] < 3_000_000, j["bytes_per_token"]
+print("bench", {k: j[k] for k in ("bytes_per_token", "membw_bytes_per_s", "roofline_fraction")})
+PY
+"$BIN" bench -m "$W/tiny.h1b" -p 16 -n 4 -r 1 --no-membw | grep -q "^tg4 "
+
+set +e
+"$BIN" bench -m "$W/tiny.h1b" --device cuda > /dev/null 2> "$W/err.txt"
+rc=$?
+set -e
+if [ "$rc" -ne 1 ] || ! grep -q "built without CUDA backend" "$W/err.txt"; then
+  echo "bench --device cuda: expected exit 1 and a clear error, got $rc:"; cat "$W/err.txt"; exit 1
+fi
+echo "bench OK"
