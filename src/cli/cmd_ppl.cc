@@ -40,19 +40,6 @@ struct PplOptions {
   bool json = false;
 };
 
-std::string read_file(const std::string& path) {
-  FILE* f = path == "-" ? stdin : std::fopen(path.c_str(), "rb");
-  if (f == nullptr) fail("{}: cannot open text file", path);
-  std::string out;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  const bool err = std::ferror(f) != 0;
-  if (f != stdin) std::fclose(f);
-  if (err) fail("{}: read error", path);
-  return out;
-}
-
 // -log softmax(logits)[target] in double precision. Throws on non-finite logits (a broken model
 // must not print a plausible-looking perplexity).
 double token_nll(std::span<const float> logits, int32_t target) {
@@ -75,7 +62,7 @@ int run_ppl(const PplOptions& o) {
   if (o.file.empty()) fail("give the text file with -f FILE");
   if (o.ctx < 0) fail("--ctx must be >= 0, got {}", o.ctx);
   const std::string path = o.model.empty() ? default_model_path() : o.model;
-  const std::string text = read_file(o.file);
+  const std::string text = read_input(o.file);
 
   std::unique_ptr<Model> model = load_model(path);
   if (model->tokenizer.empty()) fail("{}: the model carries no tokenizer", path);

@@ -39,19 +39,6 @@ struct RunOptions {
   bool verbose = false;
 };
 
-std::string read_prompt_file(const std::string& path) {
-  FILE* f = path == "-" ? stdin : std::fopen(path.c_str(), "rb");
-  if (f == nullptr) fail("{}: cannot open prompt file", path);
-  std::string out;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  const bool err = std::ferror(f) != 0;
-  if (f != stdin) std::fclose(f);
-  if (err) fail("{}: read error", path);
-  return out;
-}
-
 void emit(const std::string& s) {
   if (s.empty()) return;
   std::fwrite(s.data(), 1, s.size(), stdout);
@@ -65,7 +52,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 int run(const RunOptions& o) {
   if (o.prompt.empty() == o.file.empty()) fail("give exactly one of -p PROMPT or -f FILE");
   if (o.n_predict < 0) fail("-n must be >= 0, got {}", o.n_predict);
-  const std::string text = o.file.empty() ? o.prompt : read_prompt_file(o.file);
+  const std::string text = o.file.empty() ? o.prompt : read_input(o.file);
   const std::string path = o.model.empty() ? default_model_path() : o.model;
 
   auto t_load = std::chrono::steady_clock::now();

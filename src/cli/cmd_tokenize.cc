@@ -19,23 +19,6 @@
 namespace onebit::cli {
 namespace {
 
-std::string read_all(FILE* f, const std::string& name) {
-  std::string out;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  if (std::ferror(f)) fail("{}: read error", name);
-  return out;
-}
-
-std::string read_input(const std::string& file) {
-  if (file.empty() || file == "-") return read_all(stdin, "stdin");
-  FILE* f = std::fopen(file.c_str(), "rb");
-  if (f == nullptr) fail("{}: cannot open", file);
-  std::string s = read_all(f, file);
-  std::fclose(f);
-  return s;
-}
 
 #ifdef ONEBIT_HAVE_MODEL_LOADER
 template <typename T>

@@ -35,4 +35,7 @@ std::string default_model_path();
 // True when stderr is a terminal (progress bars are drawn only then).
 bool stderr_is_tty();
 
+// The whole of a file as bytes; "" or "-" reads stdin. Throws Error naming the file.
+std::string read_input(const std::string& path);
+
 }  // namespace onebit::cli

@@ -18,6 +18,20 @@ std::vector<Command>& commands() {
 
 bool stderr_is_tty() { return ::isatty(STDERR_FILENO) == 1; }
 
+std::string read_input(const std::string& path) {
+  const bool from_stdin = path.empty() || path == "-";
+  FILE* f = from_stdin ? stdin : std::fopen(path.c_str(), "rb");
+  if (f == nullptr) fail("{}: cannot open", path);
+  std::string out;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  const bool err = std::ferror(f) != 0;
+  if (!from_stdin) std::fclose(f);
+  if (err) fail("{}: read error", from_stdin ? "stdin" : path);
+  return out;
+}
+
 std::string default_model_path() {
   if (const char* env = std::getenv("ONEBIT_MODEL"); env != nullptr && *env != '\0') return env;
   namespace fs = std::filesystem;
