@@ -8,7 +8,7 @@ pkgs=(
   build-essential cmake ninja-build pkg-config git python3
   clang libclang-rt-dev          # libFuzzer and sanitizer runtimes
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libcli11-dev libpcre2-dev libfmt-dev libspdlog-dev
+  nlohmann-json3-dev libcli11-dev libpcre2-dev libfmt-dev libspdlog-dev libboost1.81-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do
