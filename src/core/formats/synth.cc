@@ -38,10 +38,9 @@ SpecialIds special_ids(const ModelConfig& c) {
 
 SynthStream::SynthStream(uint64_t seed, uint64_t index) : base_(mix(seed * kGolden + index + 1)) {}
 
-uint64_t SynthStream::next() {
-  ++i_;
-  return mix(base_ + i_ * kGolden);
-}
+uint64_t SynthStream::at(uint64_t i) const { return mix(base_ + (i + 1) * kGolden); }
+
+uint64_t SynthStream::next() { return at(i_++); }
 
 std::vector<std::string> synth_preset_names() { return {"tiny", "bitnet-2b4t"}; }
 

@@ -18,7 +18,8 @@ namespace onebit {
 class SynthStream {
  public:
   SynthStream(uint64_t seed, uint64_t index);
-  uint64_t next();
+  uint64_t next();                   // value i_, then i_ + 1, ...
+  uint64_t at(uint64_t i) const;     // value i, in any order
   static float unit(uint64_t v) { return static_cast<float>(v >> 40) * (1.0f / 16777216.0f); }
   static int8_t code(uint64_t v) { return static_cast<int8_t>(static_cast<int>((v >> 32) % 3) - 1); }
 

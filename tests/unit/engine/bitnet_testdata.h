@@ -22,6 +22,7 @@
 #include "core/base/model.h"
 #include "core/formats/hf_model.h"
 #include "core/formats/safetensors.h"
+#include "core/formats/synth.h"
 
 namespace onebit::testdata {
 
@@ -42,18 +43,7 @@ inline nlohmann::json read_json(const std::filesystem::path& p) {
   return nlohmann::json::parse(ss.str());
 }
 
-// ---- splitmix64 v1 ----
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
-
-inline uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-inline uint64_t stream_base(uint64_t seed, uint64_t k) { return mix(seed * kGolden + k + 1); }
-inline uint64_t stream_value(uint64_t base, uint64_t i) { return mix(base + (i + 1) * kGolden); }
-inline float uniform(uint64_t v) { return static_cast<float>(static_cast<double>(v >> 40) / 16777216.0); }
+// The splitmix64 v1 generator is SynthStream (src/core/formats/synth.h), shared with `1bit synth`.
 
 // Hugging Face name of a canonical tensor name (the inverse of hf_canonical_name).
 inline std::string hf_name(const std::string& canon) {
@@ -99,14 +89,14 @@ inline void write_generated_checkpoint(const nlohmann::json& golden, const std::
     const ExpectedTensor& e = expected[k];
     int64_t numel = 1;
     for (int64_t d : e.shape) numel *= d;
-    const uint64_t base = stream_base(seed, k);
+    const SynthStream stream(seed, k);
     const std::string hf = hf_name(e.name);
     std::vector<uint8_t> bytes;
     if (!e.ternary || form == "bf16") {
       const bool norm = e.name.ends_with("norm.weight");
       bytes.reserve(static_cast<size_t>(numel) * 2);
       for (int64_t i = 0; i < numel; ++i) {
-        const float u = uniform(stream_value(base, static_cast<uint64_t>(i)));
+        const float u = SynthStream::unit(stream.at(static_cast<uint64_t>(i)));
         float v;
         if (!e.ternary) {
           v = norm ? 0.5f + u : u * 2.0f - 1.0f;
@@ -125,7 +115,7 @@ inline void write_generated_checkpoint(const nlohmann::json& golden, const std::
     for (int64_t row = 0; row < 4 * R; ++row)
       for (int64_t c = 0; c < in; ++c) {
         int code = 1;  // padding rows hold weight 0
-        if (row < out) code = static_cast<int>((stream_value(base, static_cast<uint64_t>(row * in + c)) >> 32) % 3);
+        if (row < out) code = SynthStream::code(stream.at(static_cast<uint64_t>(row * in + c))) + 1;
         bytes[static_cast<size_t>((row % R) * in + c)] |= static_cast<uint8_t>(code << (2 * (row / R)));
       }
     bufs.push_back(std::move(bytes));
