@@ -1,0 +1,248 @@
+// CUDA W2A8 ternary GEMV (decode). Layout and numerics: ternary_gemv_cuda.h, docs/kernels-cuda.md.
+#include "kernels/cuda/ternary_gemv_cuda.h"
+
+#include <stdexcept>
+#include <string>
+
+namespace onebit::cuda {
+
+std::vector<uint8_t> repack_for_cuda(const int8_t* codes, int64_t rows, int64_t cols) {
+  if (rows <= 0 || cols <= 0 || cols >= kMaxCols || cuda_padded_rows(rows) / kRowsPerGroup > (int64_t{1} << 30))
+    throw std::invalid_argument("repack_for_cuda: shape out of range: " + std::to_string(rows) + " x " +
+                                std::to_string(cols));
+  const int64_t K = cuda_chunks(cols);
+  std::vector<uint8_t> out(cuda_packed_bytes(rows, cols), 0x55);  // every field = code 1 (w = 0)
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const int8_t w = codes[r * cols + c];
+      if (w < -1 || w > 1)
+        throw std::invalid_argument("repack_for_cuda: code " + std::to_string(w) + " at (" + std::to_string(r) +
+                                    ", " + std::to_string(c) + ") is not ternary");
+      size_t byte;
+      int shift;
+      cuda_weight_pos(K, r, c, &byte, &shift);
+      out[byte] = static_cast<uint8_t>((out[byte] & ~(3u << shift)) | (static_cast<unsigned>(w + 1) << shift));
+    }
+  }
+  return out;
+}
+
+namespace {
+
+constexpr int kQuantThreads = 1024;
+
+__global__ void quantize_kernel(const float* __restrict__ x, int cols, int padded, int8_t* __restrict__ q,
+                                float* __restrict__ scale, int32_t* __restrict__ qsum) {
+  __shared__ float smax[32];
+  __shared__ int ssum[32];
+  __shared__ float s_shared;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+  float m = 0.0f;
+  for (int c = tid; c < cols; c += blockDim.x) m = fmaxf(m, fabsf(x[c]));
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (lane == 0) smax[warp] = m;
+  __syncthreads();
+  if (tid == 0) {
+    float mm = 0.0f;
+    for (int w = 0; w < nw; ++w) mm = fmaxf(mm, smax[w]);
+    s_shared = 127.0f / fmaxf(mm, 1e-5f);  // IEEE division (no fast-math)
+  }
+  __syncthreads();
+  const float s = s_shared;
+  int sum = 0;
+  for (int c = tid; c < padded; c += blockDim.x) {
+    int v = 0;
+    if (c < cols) {
+      v = __float2int_rn(__fmul_rn(x[c], s));  // round half to even, like nearbyint / torch.round
+      v = v < -128 ? -128 : (v > 127 ? 127 : v);
+    }
+    q[c] = static_cast<int8_t>(v);
+    sum += v;
+  }
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (lane == 0) ssum[warp] = sum;
+  __syncthreads();
+  if (tid == 0) {
+    int t = 0;
+    for (int w = 0; w < nw; ++w) t += ssum[w];
+    *qsum = t;
+    *scale = s;
+  }
+}
+
+// d = sum of 4 (unsigned byte of a) * (signed byte of b) + c.
+__device__ __forceinline__ int dp4a_us(unsigned a, int b, int c) {
+  int d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Four accumulators, field i scaled by 4^i (the fields are masked, not shifted down).
+__device__ __forceinline__ void dot_word(unsigned w, int4 x, int& a0, int& a1, int& a2, int& a3) {
+  a0 = dp4a_us(w & 0x03030303u, x.x, a0);
+  a1 = dp4a_us(w & 0x0c0c0c0cu, x.y, a1);
+  a2 = dp4a_us(w & 0x30303030u, x.z, a2);
+  a3 = dp4a_us(w & 0xc0c0c0c0u, x.w, a3);
+}
+
+__device__ __forceinline__ void dot_chunk(uint4 w, const int8_t* __restrict__ qk, int& a0, int& a1, int& a2, int& a3) {
+  const int4* q4 = reinterpret_cast<const int4*>(qk);
+  const int4 x0 = __ldg(q4 + 0), x1 = __ldg(q4 + 1), x2 = __ldg(q4 + 2), x3 = __ldg(q4 + 3);
+  dot_word(w.x, x0, a0, a1, a2, a3);
+  dot_word(w.y, x1, a0, a1, a2, a3);
+  dot_word(w.z, x2, a0, a1, a2, a3);
+  dot_word(w.w, x3, a0, a1, a2, a3);
+}
+
+constexpr int kPrefetch = 4;  // weight loads issued per thread before the first use
+
+// Block = one row group (8 rows) x all K chunks; lane = 8*kk + rr handles row rr of chunks
+// k = 4*(warp + nwarps*t) + kk, t = 0, 1, ...
+template <bool kPdl>
+__global__ void __launch_bounds__(1024) gemv_kernel(const uint4* __restrict__ w, const float* __restrict__ row_scale,
+                                                    int rows, int K, const int8_t* __restrict__ q,
+                                                    const float* __restrict__ scale, const int32_t* __restrict__ qsum,
+                                                    float* __restrict__ y) {
+  __shared__ int red[32][kRowsPerGroup];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int rr = lane & 7, kk = lane >> 3;
+  const uint4* wg = w + static_cast<size_t>(blockIdx.x) * K * kRowsPerGroup + rr;
+  const int stride = 4 * nwarps;
+  const int k0 = 4 * warp + kk;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (kPdl) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+  uint4 pre[kPrefetch];
+#pragma unroll
+  for (int t = 0; t < kPrefetch; ++t) {
+    const int k = k0 + t * stride;
+    if (k < K) pre[t] = load_stream(wg + static_cast<size_t>(k) * kRowsPerGroup);
+  }
+  // Row scales are constants like the weights: load them before the wait too; the activation
+  // scale and sum right after it, so no dependent memory round trip is left after the reduction.
+  const int row = blockIdx.x * kRowsPerGroup + static_cast<int>(threadIdx.x);
+  const bool writer = threadIdx.x < kRowsPerGroup && row < rows;
+  const float rsc = writer ? __ldg(row_scale + row) : 0.0f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Weights never change; activations (q, scale, qsum) come from the previous kernel.
+  if constexpr (kPdl) asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  float act_scale = 1.0f;
+  int act_sum = 0;
+  if (writer) {
+    act_scale = *scale;
+    act_sum = *qsum;
+  }
+  int a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma unroll
+  for (int t = 0; t < kPrefetch; ++t) {
+    const int k = k0 + t * stride;
+    if (k < K) dot_chunk(pre[t], q + static_cast<size_t>(k) * kColsPerChunk, a0, a1, a2, a3);
+  }
+  for (int kb = k0 + kPrefetch * stride; kb < K; kb += kPrefetch * stride) {
+    uint4 v[kPrefetch];
+#pragma unroll
+    for (int t = 0; t < kPrefetch; ++t) {
+      const int k = kb + t * stride;
+      if (k < K) v[t] = load_stream(wg + static_cast<size_t>(k) * kRowsPerGroup);
+    }
+#pragma unroll
+    for (int t = 0; t < kPrefetch; ++t) {
+      const int k = kb + t * stride;
+      if (k < K) dot_chunk(v[t], q + static_cast<size_t>(k) * kColsPerChunk, a0, a1, a2, a3);
+    }
+  }
+  // a_i is an exact multiple of 4^i: the arithmetic shifts are exact.
+  int acc = a0 + (a1 >> 2) + (a2 >> 4) + (a3 >> 6);
+  acc += __shfl_xor_sync(0xffffffffu, acc, 8);
+  acc += __shfl_xor_sync(0xffffffffu, acc, 16);
+  if (kk == 0) red[warp][rr] = acc;
+  __syncthreads();
+  if (writer) {
+    int sum = 0;
+    for (int i = 0; i < nwarps; ++i) sum += red[i][threadIdx.x];
+    sum -= act_sum;
+    y[row] = static_cast<float>(sum) * (rsc / act_scale);
+  }
+}
+
+__global__ void gemv_reference_kernel(const uint8_t* __restrict__ w, const float* __restrict__ row_scale, int rows,
+                                      int cols, int K, const int8_t* __restrict__ q, const float* __restrict__ scale,
+                                      float* __restrict__ y) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  int acc = 0;
+  for (int c = 0; c < cols; ++c) {
+    size_t byte;
+    int shift;
+    cuda_weight_pos(K, r, c, &byte, &shift);
+    const int code = (w[byte] >> shift) & 3;
+    acc += (code - 1) * static_cast<int>(q[c]);
+  }
+  y[r] = static_cast<float>(acc) * (row_scale[r] / *scale);
+}
+
+bool shape_ok(int64_t rows, int64_t cols) {
+  return rows > 0 && cols > 0 && cols < kMaxCols && cuda_padded_rows(rows) / kRowsPerGroup <= (int64_t{1} << 30);
+}
+
+}  // namespace
+
+cudaError_t quantize_activations(const float* x, int64_t cols, int8_t* q, float* scale, int32_t* qsum,
+                                 cudaStream_t stream) {
+  if (cols <= 0 || cols >= kMaxCols) return cudaErrorInvalidValue;
+  quantize_kernel<<<1, kQuantThreads, 0, stream>>>(x, static_cast<int>(cols), static_cast<int>(cuda_act_len(cols)), q,
+                                                   scale, qsum);
+  return cudaGetLastError();
+}
+
+cudaError_t ternary_gemv(const uint8_t* w, const float* row_scale, int64_t rows, int64_t cols, const int8_t* q,
+                         const float* scale, const int32_t* qsum, float* y, cudaStream_t stream, GemvConfig cfg) {
+  if (!shape_ok(rows, cols) || cfg.chunks_per_thread < 1) return cudaErrorInvalidValue;
+  const int K = static_cast<int>(cuda_chunks(cols));
+  const int per_warp = 4 * cfg.chunks_per_thread;
+  int warps = (K + per_warp - 1) / per_warp;
+  warps = warps < 1 ? 1 : (warps > 32 ? 32 : warps);
+  cudaLaunchConfig_t lc = {};
+  lc.gridDim = dim3(static_cast<unsigned>(cuda_padded_rows(rows) / kRowsPerGroup));
+  lc.blockDim = dim3(32u * static_cast<unsigned>(warps));
+  lc.dynamicSmemBytes = 0;
+  lc.stream = stream;
+  cudaLaunchAttribute attr[1];
+  const auto* wv = reinterpret_cast<const uint4*>(w);
+  const int r32 = static_cast<int>(rows);
+  cudaError_t e;
+  if (cfg.pdl) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = attr;
+    lc.numAttrs = 1;
+    e = cudaLaunchKernelEx(&lc, gemv_kernel<true>, wv, row_scale, r32, K, q, scale, qsum, y);
+  } else {
+    lc.attrs = nullptr;
+    lc.numAttrs = 0;
+    e = cudaLaunchKernelEx(&lc, gemv_kernel<false>, wv, row_scale, r32, K, q, scale, qsum, y);
+  }
+  if (e != cudaSuccess) return e;
+  return cudaGetLastError();
+}
+
+cudaError_t ternary_gemv_reference(const uint8_t* w, const float* row_scale, int64_t rows, int64_t cols,
+                                   const int8_t* q, const float* scale, float* y, cudaStream_t stream) {
+  if (!shape_ok(rows, cols) || rows >= (int64_t{1} << 31)) return cudaErrorInvalidValue;
+  const int threads = 128;
+  const unsigned blocks = static_cast<unsigned>((rows + threads - 1) / threads);
+  gemv_reference_kernel<<<blocks, threads, 0, stream>>>(w, row_scale, static_cast<int>(rows), static_cast<int>(cols),
+                                                        static_cast<int>(cuda_chunks(cols)), q, scale, y);
+  return cudaGetLastError();
+}
+
+}  // namespace onebit::cuda
