@@ -1,6 +1,6 @@
 // `1bit bench`: prompt-processing and generation speed, with the memory roofline of decode.
 //
-//   1bit bench -m model.h1b [-p 512] [-n 128] [-r 5] [--threads N] [--json]
+//   1bit bench -m model.h1b [-p 512] [-n 128] [-r 5] [--threads N] [--lm-head bf16|int8] [--json]
 //
 //  - ppP: one batched prefill of P random token ids into an empty session; tokens/s = P / time.
 //  - tgN: after a short untimed prompt (kTgPrompt random ids), N single-token decode steps, each
@@ -11,7 +11,8 @@
 //  - Bytes read per decoded token: the weights one decode step streams, i.e. the ternary tensors
 //    in the CPU kernel layout (padded codes + per-row scales), the norm weights as fp32 (both as the
 //    backend holds them) and the LM head matrix in its file packing (the tied embedding or
-//    output.weight). The embedding row and the KV cache reads are not counted (small for a short
+//    output.weight), or with --lm-head int8 the backend's int8 copy (1 byte per weight, rows padded
+//    to 64 bytes, plus a float scale and an int32 code sum per row). The embedding row and the KV cache reads are not counted (small for a short
 //    context).
 //  - Roofline fraction = bytes/token x tg tokens/s / bandwidth: how close decode is to the speed
 //    at which memory could deliver the weights.
@@ -45,6 +46,7 @@ struct BenchOptions {
   int64_t n_gen = 128;
   int reps = 5;
   int threads = 0;
+  std::string lm_head = "bf16";
   bool json = false;
   bool no_membw = false;
 };
@@ -106,11 +108,13 @@ int run_bench(const BenchOptions& o) {
   EngineOptions eo;
   eo.n_ctx = need;
   eo.n_threads = o.threads;
+  eo.lm_head = lm_head_from_name(o.lm_head);
   auto engine = Engine::load(*model, eo);
   auto session = engine->new_session();
   const int64_t vocab = engine->n_vocab();
   int threads = o.threads;
-  size_t bytes_per_token = lm_head_bytes(*model);
+  // The int8 head is a backend copy, counted in weight_bytes(); the stored one stays in the model.
+  size_t bytes_per_token = eo.lm_head == LmHead::kAsStored ? lm_head_bytes(*model) : 0;
   if (auto* cpu = dynamic_cast<CpuBackend*>(&engine->backend())) {
     threads = cpu->n_threads();
     bytes_per_token += cpu->weight_bytes();
@@ -166,6 +170,7 @@ int run_bench(const BenchOptions& o) {
     j["device"] = o.device;
     j["backend"] = std::string(engine->backend_name());
     j["threads"] = threads;
+    j["lm_head"] = o.lm_head;
     j["reps"] = o.reps;
     if (pp) j["pp"] = stats_json(o.n_prompt, *pp);
     if (tg) j["tg"] = stats_json(o.n_gen, *tg);
@@ -178,8 +183,8 @@ int run_bench(const BenchOptions& o) {
     std::printf("%s\n", j.dump().c_str());
     return 0;
   }
-  std::printf("model    %s (%s backend, %d threads)\n", path.c_str(), std::string(engine->backend_name()).c_str(),
-              threads);
+  std::printf("model    %s (%s backend, %d threads, %s LM head)\n", path.c_str(),
+              std::string(engine->backend_name()).c_str(), threads, o.lm_head.c_str());
   std::printf("%-8s %12s %12s %12s   (tokens/s over %d runs)\n", "test", "median", "min", "max", o.reps);
   auto row = [](const char* kind, int64_t n, const Stats& s) {
     const std::string name = std::string(kind) + std::to_string(n);
@@ -187,8 +192,8 @@ int run_bench(const BenchOptions& o) {
   };
   if (pp) row("pp", o.n_prompt, *pp);
   if (tg) row("tg", o.n_gen, *tg);
-  std::printf("bytes/token  %.2f MiB (ternary weights in kernel layout + norms + LM head)\n",
-              static_cast<double>(bytes_per_token) / (1 << 20));
+  std::printf("bytes/token  %.2f MiB (ternary weights in kernel layout + norms + %s LM head)\n",
+              static_cast<double>(bytes_per_token) / (1 << 20), o.lm_head.c_str());
   if (!o.no_membw) {
     std::printf("memory bw    %.2f GB/s (read, %d threads, %zu MiB buffer, best of %d)\n", bw.bytes_per_s / 1e9,
                 bw.threads, bw.buffer_bytes >> 20, bw.passes);
@@ -207,13 +212,17 @@ const CommandRegistrar kBench{{
       app.footer(
           "ppN: one prefill of N random ids. tgN: N single-token decode steps after a 16-token prompt.\n"
           "Each repeated -r times after a warm-up; median, min, max in tokens/s. bytes/token = ternary\n"
-          "weights in the CPU kernel layout + norms (fp32) + LM head as stored; roofline = bytes/token x\n"
+          "weights in the CPU kernel layout + norms (fp32) + LM head (as stored, or the int8 copy with\n"
+          "--lm-head int8); roofline = bytes/token x\n"
           "tg tokens/s / measured memory read bandwidth.");
       app.add_option("-m,--model", o->model, "Model file or folder (default: the model in models/ or $ONEBIT_MODEL)");
       app.add_option("-p,--n-prompt", o->n_prompt, "Prompt tokens for pp (0 = skip)")->capture_default_str();
       app.add_option("-n,--n-gen", o->n_gen, "Generated tokens for tg (0 = skip)")->capture_default_str();
       app.add_option("-r,--repetitions", o->reps, "Runs of each test")->capture_default_str();
       app.add_option("-t,--threads", o->threads, "CPU threads (0 = all)")->capture_default_str();
+      app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
+          ->check(CLI::IsMember({"bf16", "int8"}))
+          ->capture_default_str();
       app.add_option("--device", o->device, "cpu (cuda: reserved)")->capture_default_str();
       app.add_flag("--no-membw", o->no_membw, "Skip the memory bandwidth measurement");
       app.add_flag("--json", o->json, "Print the results as one JSON object");

@@ -71,6 +71,7 @@ struct ChatOptions {
   float repeat_penalty = 1.0f;
   int64_t ctx = 0;
   int threads = 0;
+  std::string lm_head = "bf16";
   bool verbose = false;
   bool no_cache = false;
 };
@@ -161,6 +162,7 @@ int run_chat(const ChatOptions& o) {
   EngineOptions eo;
   eo.n_ctx = o.ctx;
   eo.n_threads = o.threads;
+  eo.lm_head = lm_head_from_name(o.lm_head);
   auto engine = Engine::load(*model, eo);
   auto session = engine->new_session();
 
@@ -306,6 +308,9 @@ const CommandRegistrar kChat{{
       app.add_option("--repeat-penalty", o->repeat_penalty, "Repetition penalty (1 = off)")->capture_default_str();
       app.add_option("--ctx", o->ctx, "Context length in tokens (0 = model maximum, at most 4096)")->capture_default_str();
       app.add_option("-t,--threads", o->threads, "CPU threads (0 = all)")->capture_default_str();
+      app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
+          ->check(CLI::IsMember({"bf16", "int8"}))
+          ->capture_default_str();
       app.add_flag("-v,--verbose", o->verbose, "Print per-turn prompt reuse and speed to stderr");
       app.add_flag("--no-cache", o->no_cache, "Re-prefill the whole conversation every turn (for testing)");
       return [o] { return run_chat(*o); };

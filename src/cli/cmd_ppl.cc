@@ -37,6 +37,7 @@ struct PplOptions {
   std::string file;
   int64_t ctx = 0;
   int threads = 0;
+  std::string lm_head = "bf16";
   bool json = false;
 };
 
@@ -86,6 +87,7 @@ int run_ppl(const PplOptions& o) {
   EngineOptions eo;
   eo.n_ctx = window + extra - 1;
   eo.n_threads = o.threads;
+  eo.lm_head = lm_head_from_name(o.lm_head);
   auto engine = Engine::load(*model, eo);
   auto session = engine->new_session();
   const int64_t vocab = engine->n_vocab();
@@ -156,6 +158,9 @@ const CommandRegistrar kPpl{{
                      "Tokens per window (0 = min(512, model context))")
           ->capture_default_str();
       app.add_option("-t,--threads", o->threads, "CPU threads (0 = all)")->capture_default_str();
+      app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
+          ->check(CLI::IsMember({"bf16", "int8"}))
+          ->capture_default_str();
       app.add_flag("--json", o->json, "Print {\"ppl\",\"nll\",\"tokens\",\"windows\",\"ctx\",...} as JSON");
       return [o] { return run_ppl(*o); };
     },

@@ -36,6 +36,7 @@ struct RunOptions {
   int top_k = 40;
   int64_t ctx = 0;
   int threads = 0;
+  std::string lm_head = "bf16";
   bool verbose = false;
 };
 
@@ -68,6 +69,7 @@ int run(const RunOptions& o) {
   EngineOptions eo;
   eo.n_ctx = o.ctx;
   eo.n_threads = o.threads;
+  eo.lm_head = lm_head_from_name(o.lm_head);
   auto engine = Engine::load(*model, eo);
   if (static_cast<int64_t>(ids.size()) > engine->n_ctx())
     fail("prompt of {} tokens does not fit in the context of {} tokens (raise --ctx)", ids.size(), engine->n_ctx());
@@ -142,6 +144,9 @@ const CommandRegistrar kRun{{
       app.add_option("--top-k", o->top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
       app.add_option("--ctx", o->ctx, "Context length in tokens (0 = model maximum, at most 4096)")->capture_default_str();
       app.add_option("-t,--threads", o->threads, "CPU threads (0 = all)")->capture_default_str();
+      app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
+          ->check(CLI::IsMember({"bf16", "int8"}))
+          ->capture_default_str();
       app.add_flag("-v,--verbose", o->verbose, "Print timings to stderr");
       return [o] { return run(*o); };
     },

@@ -40,6 +40,15 @@ enum class KvDtype : uint8_t { kF32, kF16 };
 size_t kv_dtype_size(KvDtype t);
 std::string_view kv_dtype_name(KvDtype t);
 
+// How the LM head is computed (EngineOptions::lm_head, `--lm-head`):
+//  - kAsStored ("bf16"): the matrix as the file stores it (bf16 for 2B-4T), fp32 dot products;
+//  - kInt8 ("int8"): a per-row int8 copy made at load (Backend::add_dense_int8) times the final
+//    hidden state quantized per token to int8, exact int32 sums (half the bytes of bf16).
+enum class LmHead : uint8_t { kAsStored, kInt8 };
+std::string_view lm_head_name(LmHead h);  // "bf16" (= as stored) or "int8"
+// Parses "bf16" (also "stored") or "int8"; throws Error naming the accepted values otherwise.
+LmHead lm_head_from_name(std::string_view name);
+
 // A KV cache in backend memory (see the layout above).
 struct KvCacheView {
   void* data = nullptr;  // all K then all V: [2][layer][kv_head][pos][head_dim]
@@ -62,6 +71,12 @@ class Backend {
   // A dense [rows][cols] matrix used by embed() and lm_head() (F32/F16/BF16/Q8_0). The backend
   // may keep pointing at the tensor's bytes: the Model must outlive the backend.
   virtual WeightHandle add_dense(const Tensor& t) = 0;
+  // An int8 copy of a dense [rows][cols] matrix, for lm_head() only, owned by the backend:
+  // per row r, d_r = max_c |w[r][c]| / 127 and q[r][c] = rint(w[r][c] / d_r) (half to even; a
+  // zero row has d_r = 0 and q = 0). lm_head() on this handle quantizes each x row like
+  // BitLinear (s_i = 127 / max(max|x_i|, 1e-5), xq = clamp(rint(x*s_i), -128, 127)) and returns
+  // logits[i][r] = (float(sum_c q[r][c] * xq[i][c]) / s_i) * d_r with the integer sum exact.
+  virtual WeightHandle add_dense_int8(const Tensor& t) = 0;
   // Precomputes the rotary tables: split-half RoPE over head_dim, inv_freq[i] = 1/theta^(2i/D)
   // in fp32, positions [0, n_pos).
   virtual void init_rope(int64_t head_dim, double theta, int64_t n_pos) = 0;
@@ -98,6 +113,7 @@ class Backend {
   // x += y over `count` values.
   virtual void add(float* x, const float* y, int64_t count) = 0;
   // logits[i][v] = sum_c w[v][c] * x[i][c] (fp32 accumulation); `logits` is HOST memory [n][w.rows].
+  // On a handle from add_dense_int8, the int8 formula given there.
   virtual void lm_head(WeightHandle w, const float* x, int64_t n, float* logits) = 0;
 };
 

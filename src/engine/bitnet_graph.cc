@@ -51,7 +51,7 @@ void GraphState::release() {
   }
 }
 
-BitnetGraph::BitnetGraph(Backend& be, const Model& m, int64_t n_ctx) : be_(be), c_(m.config) {
+BitnetGraph::BitnetGraph(Backend& be, const Model& m, int64_t n_ctx, LmHead lm_head) : be_(be), c_(m.config) {
   m.validate();
   if (c_.hidden_act != "relu2")
     fail("{}: hidden_act \"{}\" is not supported (BitNet b1.58 uses relu2)", m.path, c_.hidden_act);
@@ -75,7 +75,10 @@ BitnetGraph::BitnetGraph(Backend& be, const Model& m, int64_t n_ctx) : be_(be), 
   }
   output_norm_ = be_.add_norm(m.get("output_norm.weight"));
   const Tensor* out = c_.tie_word_embeddings ? nullptr : m.find("output.weight");
-  output_ = out != nullptr ? be_.add_dense(*out) : token_embd_;
+  if (lm_head == LmHead::kInt8)
+    output_ = be_.add_dense_int8(out != nullptr ? *out : m.get("token_embd.weight"));
+  else
+    output_ = out != nullptr ? be_.add_dense(*out) : token_embd_;
   be_.init_rope(c_.head_dim, c_.rope_theta, n_ctx);
 }
 

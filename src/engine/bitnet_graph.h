@@ -47,8 +47,10 @@ class GraphState {
 class BitnetGraph {
  public:
   // Uploads every weight of `m` (validated) to `be` and sets up RoPE for n_ctx positions.
-  // `m` must outlive the graph (dense matrices may stay in the model's memory).
-  BitnetGraph(Backend& be, const Model& m, int64_t n_ctx);
+  // `m` must outlive the graph (dense matrices may stay in the model's memory). With
+  // LmHead::kInt8 the LM head (output.weight, or token_embd when tied) goes through
+  // Backend::add_dense_int8; the embedding lookup keeps reading the stored matrix.
+  BitnetGraph(Backend& be, const Model& m, int64_t n_ctx, LmHead lm_head = LmHead::kAsStored);
 
   const ModelConfig& config() const { return c_; }
 

@@ -1,6 +1,7 @@
 #include "engine/cpu_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -15,11 +16,20 @@ namespace onebit {
 
 namespace engine_simd {
 float bf16_dot_avx512(const uint16_t* w, const float* x, int64_t n);  // lm_head_avx512.cc
+int32_t u8i8_dot_avx512(const uint8_t* a, const int8_t* b, int64_t n);  // lm_head_avx512.cc, n % 64 == 0
 }
 
 size_t kv_dtype_size(KvDtype t) { return t == KvDtype::kF16 ? 2 : 4; }
 
 std::string_view kv_dtype_name(KvDtype t) { return t == KvDtype::kF16 ? "f16" : "f32"; }
+
+std::string_view lm_head_name(LmHead h) { return h == LmHead::kInt8 ? "int8" : "bf16"; }
+
+LmHead lm_head_from_name(std::string_view name) {
+  if (name == "bf16" || name == "stored") return LmHead::kAsStored;
+  if (name == "int8") return LmHead::kInt8;
+  fail("LM head '{}': expected bf16 (as stored in the file) or int8", name);
+}
 
 size_t KvCacheView::bytes() const {
   return 2 * static_cast<size_t>(n_layers * n_kv_heads * n_ctx * head_dim) * kv_dtype_size(dtype);
@@ -115,12 +125,29 @@ void ref_quantize_row(const float* x, int64_t n, int8_t* q, float* scale, int32_
 
 }  // namespace
 
+namespace {
+
+// A dense matrix: a view of the model's tensor, plus (add_dense_int8) the int8 copy.
+struct DenseWeight {
+  Tensor t;
+  bool int8 = false;
+  int64_t stride = 0;            // bytes per code row, cols rounded up to 64
+  cpu::AlignedVector<int8_t> q;  // [rows][stride], padding zero
+  std::vector<float> d;          // per-row scale max|w_r| / 127
+  std::vector<int32_t> qsum;     // per-row sum of codes (the VNNI path's +128 offset correction)
+};
+
+}  // namespace
+
 struct CpuBackend::Impl {
   explicit Impl(int n_threads) : pool(n_threads) {}
   cpu::ThreadPool pool;
   std::vector<TernaryWeight> ternary;
   std::vector<std::vector<float>> norms;
-  std::vector<Tensor> dense;  // views into the model
+  std::vector<DenseWeight> dense;  // views into the model (+ int8 copies)
+  std::vector<int8_t> head_xq;     // lm_head on an int8 head: x rows quantized, [n][stride]
+  std::vector<uint8_t> head_xu;    // the same + 128 (vpdpbusd's unsigned operand)
+  std::vector<float> head_xs;      // per-row activation scales s_i
   int64_t head_dim = 0, n_pos = 0;
   std::vector<float> cos, sin;  // [n_pos][head_dim / 2]
 
@@ -132,7 +159,7 @@ struct CpuBackend::Impl {
     if (h.id < 0 || static_cast<size_t>(h.id) >= norms.size()) fail("cpu backend: bad norm weight handle {}", h.id);
     return norms[static_cast<size_t>(h.id)];
   }
-  const Tensor& dw(WeightHandle h) const {
+  const DenseWeight& dw(WeightHandle h) const {
     if (h.id < 0 || static_cast<size_t>(h.id) >= dense.size()) fail("cpu backend: bad dense weight handle {}", h.id);
     return dense[static_cast<size_t>(h.id)];
   }
@@ -183,13 +210,54 @@ WeightHandle CpuBackend::add_dense(const Tensor& t) {
   if (t.data.size() < rb * static_cast<size_t>(t.rows()))
     fail("tensor {}: {} {} needs {} bytes, has {}", t.name, packing_name(t.packing), t.shape_str(),
          rb * static_cast<size_t>(t.rows()), t.data.size());
-  Tensor view;
-  view.name = t.name;
-  view.packing = t.packing;
-  view.shape = t.shape;
-  view.data = t.data;
-  impl_->dense.push_back(std::move(view));
+  DenseWeight w;
+  w.t.name = t.name;
+  w.t.packing = t.packing;
+  w.t.shape = t.shape;
+  w.t.data = t.data;
+  impl_->dense.push_back(std::move(w));
   return {static_cast<int32_t>(impl_->dense.size() - 1), t.rows(), t.cols()};
+}
+
+WeightHandle CpuBackend::add_dense_int8(const Tensor& t) {
+  const WeightHandle h = add_dense(t);  // validates; keeps the view for the name and shape
+  DenseWeight& w = impl_->dense[static_cast<size_t>(h.id)];
+  const int64_t rows = h.rows, cols = h.cols;
+  // |sum| <= cols * 127 * 128 must fit in int32 (and, with the +128 offset, cols * 127 * 255).
+  if (cols > (int64_t{1} << 31) / (127 * 255))
+    fail("tensor {}: {} columns are too many for an exact int32 int8 LM head", t.name, cols);
+  w.int8 = true;
+  w.stride = (cols + 63) / 64 * 64;
+  w.q.assign(static_cast<size_t>(rows * w.stride), 0);
+  w.d.assign(static_cast<size_t>(rows), 0.0f);
+  w.qsum.assign(static_cast<size_t>(rows), 0);
+  std::atomic<int64_t> bad_row{-1};
+  auto range = [&](int64_t r0, int64_t r1) {
+    std::vector<float>& f = scratch(static_cast<size_t>(cols), 2);
+    for (int64_t r = r0; r < r1; ++r) {
+      dense_row_to_f32(w.t, r, f.data());
+      float amax = 0.0f;
+      for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(f[static_cast<size_t>(c)]));
+      if (!std::isfinite(amax)) {
+        bad_row = r;  // not thrown from a pool thread
+        continue;
+      }
+      if (amax == 0.0f) continue;  // d = 0, codes 0
+      const float d = amax / 127.0f;
+      int8_t* q = w.q.data() + r * w.stride;
+      int32_t sum = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        const float v = std::clamp(std::nearbyint(f[static_cast<size_t>(c)] / d), -127.0f, 127.0f);  // half to even
+        q[c] = static_cast<int8_t>(v);
+        sum += q[c];
+      }
+      w.d[static_cast<size_t>(r)] = d;
+      w.qsum[static_cast<size_t>(r)] = sum;
+    }
+  };
+  impl_->pool.parallel_for(rows, 256, range);  // each row on its own: the same result on any thread count
+  if (bad_row >= 0) fail("tensor {}: row {} has a non-finite value, cannot make an int8 LM head", t.name, bad_row.load());
+  return h;
 }
 
 void CpuBackend::init_rope(int64_t head_dim, double theta, int64_t n_pos) {
@@ -238,11 +306,12 @@ size_t CpuBackend::weight_bytes() const {
   for (const auto& w : impl_->ternary)
     b += w.packed.data.size() + w.packed.row_scales.size() * 4 + w.ref.codes.size() + w.ref.scales.size() * 4;
   for (const auto& n : impl_->norms) b += n.size() * 4;
+  for (const auto& d : impl_->dense) b += d.q.size() + d.d.size() * 4 + d.qsum.size() * 4;
   return b;
 }
 
 void CpuBackend::embed(WeightHandle table, std::span<const int32_t> tokens, float* x) {
-  const Tensor& t = impl_->dw(table);
+  const Tensor& t = impl_->dw(table).t;
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= t.rows()) fail("token id {} out of range [0, {})", tokens[i], t.rows());
     dense_row_to_f32(t, tokens[i], x + static_cast<int64_t>(i) * t.cols());
@@ -434,8 +503,72 @@ void CpuBackend::add(float* x, const float* y, int64_t count) {
   for (int64_t i = 0; i < count; ++i) x[i] += y[i];
 }
 
+namespace {
+
+// lm_head on an add_dense_int8 handle (backend.h gives the formula).
+void lm_head_int8(CpuBackend::Impl& im, bool reference_, const DenseWeight& w, const float* x, int64_t n,
+                  float* logits) {
+  const int64_t rows = w.t.rows(), cols = w.t.cols(), stride = w.stride;
+  // Activations: per-row absmax int8 exactly as BitLinear (the same scalar code on both paths, so
+  // fast and reference see identical codes); padding columns stay 0 (their weights are 0 anyway).
+  im.head_xq.assign(static_cast<size_t>(n * stride), 0);
+  im.head_xs.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    int32_t unused;
+    ref_quantize_row(x + i * cols, cols, im.head_xq.data() + i * stride, &im.head_xs[static_cast<size_t>(i)], &unused);
+  }
+  if (reference_) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int8_t* q = w.q.data() + r * stride;
+      for (int64_t i = 0; i < n; ++i) {
+        const int8_t* xq = im.head_xq.data() + i * stride;
+        int32_t acc = 0;
+        for (int64_t c = 0; c < cols; ++c) acc += static_cast<int32_t>(q[c]) * static_cast<int32_t>(xq[c]);
+        logits[i * rows + r] = (static_cast<float>(acc) / im.head_xs[static_cast<size_t>(i)]) * w.d[static_cast<size_t>(r)];
+      }
+    }
+    return;
+  }
+  if (cpu::active_isa() == cpu::Isa::kAvx512) {
+    im.head_xu.resize(static_cast<size_t>(n * stride));
+    for (size_t k = 0; k < im.head_xu.size(); ++k)
+      im.head_xu[k] = static_cast<uint8_t>(static_cast<int32_t>(im.head_xq[k]) + 128);
+    const uint8_t* xu = im.head_xu.data();
+    im.pool.parallel_for(rows, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int8_t* q = w.q.data() + r * stride;
+        const int32_t off = 128 * w.qsum[static_cast<size_t>(r)];
+        for (int64_t i = 0; i < n; ++i) {
+          const int32_t acc = engine_simd::u8i8_dot_avx512(xu + i * stride, q, stride) - off;
+          logits[i * rows + r] =
+              (static_cast<float>(acc) / im.head_xs[static_cast<size_t>(i)]) * w.d[static_cast<size_t>(r)];
+        }
+      }
+    });
+    return;
+  }
+  im.pool.parallel_for(rows, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int8_t* q = w.q.data() + r * stride;
+      for (int64_t i = 0; i < n; ++i) {
+        const int8_t* xq = im.head_xq.data() + i * stride;
+        int32_t acc = 0;
+        for (int64_t c = 0; c < stride; ++c) acc += static_cast<int32_t>(q[c]) * static_cast<int32_t>(xq[c]);
+        logits[i * rows + r] = (static_cast<float>(acc) / im.head_xs[static_cast<size_t>(i)]) * w.d[static_cast<size_t>(r)];
+      }
+    }
+  });
+}
+
+}  // namespace
+
 void CpuBackend::lm_head(WeightHandle wh, const float* x, int64_t n, float* logits) {
-  const Tensor& t = impl_->dw(wh);
+  const DenseWeight& dwt = impl_->dw(wh);
+  if (dwt.int8) {
+    lm_head_int8(*impl_, reference_, dwt, x, n, logits);
+    return;
+  }
+  const Tensor& t = dwt.t;
   const int64_t rows = t.rows(), cols = t.cols();
   if (!reference_ && t.packing == Packing::kBF16 && cpu::active_isa() == cpu::Isa::kAvx512 &&
       reinterpret_cast<uintptr_t>(t.data.data()) % 2 == 0) {

@@ -34,6 +34,10 @@ class CpuBackend final : public Backend {
   WeightHandle add_ternary(const Tensor& t) override;
   WeightHandle add_norm(const Tensor& t) override;
   WeightHandle add_dense(const Tensor& t) override;
+  // Codes in rows padded to a multiple of 64 bytes (zeros), fp32 scales and int32 code sums; the
+  // fast lm_head uses AVX-512 VNNI (vpdpbusd on xq + 128, minus 128 * row sum: exact), else a
+  // scalar int32 loop. Fast and reference give bit-identical logits on such a head.
+  WeightHandle add_dense_int8(const Tensor& t) override;
   void init_rope(int64_t head_dim, double theta, int64_t n_pos) override;
 
   void* alloc(size_t bytes) override;
@@ -55,7 +59,8 @@ class CpuBackend final : public Backend {
   void add(float* x, const float* y, int64_t count) override;
   void lm_head(WeightHandle w, const float* x, int64_t n, float* logits) override;
 
-  // Bytes of weights the backend holds (repacked ternary + norms; dense matrices stay in the model).
+  // Bytes of weights the backend holds (repacked ternary + norms + int8 LM head copies with their
+  // scales and sums; dense matrices added with add_dense stay in the model and are not counted).
   size_t weight_bytes() const;
 
   struct Impl;

@@ -24,7 +24,7 @@ std::unique_ptr<Engine> Engine::load(const Model& model, const EngineOptions& op
   std::unique_ptr<Engine> e(new Engine());
   e->opts_ = o;
   e->backend_ = std::make_unique<CpuBackend>(CpuBackendOptions{o.n_threads, o.reference});
-  e->graph_ = std::make_unique<BitnetGraph>(*e->backend_, model, o.n_ctx);
+  e->graph_ = std::make_unique<BitnetGraph>(*e->backend_, model, o.n_ctx, o.lm_head);
   return e;
 }
 

@@ -32,6 +32,9 @@ struct EngineOptions {
   int64_t n_batch = 256;  // token rows per forward pass; longer prompts are split into chunks
   KvDtype kv_dtype = KvDtype::kF32;
   bool reference = false;  // scalar reference ops instead of the SIMD kernels (tests, debugging)
+  // kInt8: quantize the LM head per row to int8 at load (an engine-owned copy, 1 byte per weight
+  // instead of bf16's 2) and compute logits with int8 activations and exact int32 sums.
+  LmHead lm_head = LmHead::kAsStored;
 };
 
 class Session;

@@ -1,5 +1,6 @@
-// AVX-512 dot product of a bf16 row with an fp32 vector, for the LM head (the largest read of a
-// decode step on 2B-4T: 128256 x 2560 bf16). Compiled with AVX-512 flags (CMake matches the file
+// AVX-512 dot products for the LM head (the largest read of a decode step on 2B-4T: 128256 x
+// 2560): a bf16 row with an fp32 vector (--lm-head bf16), and an unsigned-by-signed int8 dot with
+// VNNI vpdpbusd (--lm-head int8). Compiled with AVX-512 flags (CMake matches the file
 // name; GCC 12 flags the intrinsics' _mm512_undefined_*() as uninitialized, a false alarm);
 // per the rule in kernels/cpu/kernel_table.h it includes nothing with inline functions
 // other than <immintrin.h>, and is only called when the CPU supports AVX-512.
@@ -34,6 +35,19 @@ float bf16_dot_avx512(const uint16_t* w, const float* x, int64_t n) {
     s += f * x[i];
   }
   return s;
+}
+
+// sum_c a[c] * b[c], a unsigned, b signed, n a multiple of 64; exact while the sum fits int32
+// (vpdpbusd adds four u8*s8 products, each within +-32640, into an int32 lane, no saturation).
+int32_t u8i8_dot_avx512(const uint8_t* a, const int8_t* b, int64_t n) {
+  __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i));
+    acc1 = _mm512_dpbusd_epi32(acc1, _mm512_loadu_si512(a + i + 64), _mm512_loadu_si512(b + i + 64));
+  }
+  for (; i < n; i += 64) acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i));
+  return _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1));
 }
 
 }  // namespace onebit::engine_simd
