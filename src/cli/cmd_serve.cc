@@ -1,0 +1,37 @@
+// `1bit serve`: an OpenAI-compatible HTTP server (docs/server.md).
+//
+//   1bit serve [-m MODEL] [--host 127.0.0.1] [--port 8180] [--api-key KEY] [--ctx N] [--parallel N]
+//
+// Logs go to stderr; "listening on http://HOST:PORT" is printed there once the socket is bound
+// (with --port 0, PORT is the one the system picked). SIGINT/SIGTERM stop it gracefully.
+#include <memory>
+
+#include "cli/command.h"
+#include "server/server.h"
+
+namespace onebit::cli {
+namespace {
+
+const CommandRegistrar kServe{{
+    "serve",
+    "Serve the model over an OpenAI-compatible HTTP API",
+    [](CLI::App& app) -> std::function<int()> {
+      auto o = std::make_shared<server::ServerOptions>();
+      app.add_option("-m,--model", o->model_path, "Model file or folder (default: the model in models/ or $ONEBIT_MODEL)");
+      app.add_option("--host", o->host, "Address to bind")->capture_default_str();
+      app.add_option("--port", o->port, "TCP port (0 = any free port)")->capture_default_str();
+      app.add_option("--api-key", o->api_key, "Require 'Authorization: Bearer KEY' on every route but /health");
+      app.add_option("--ctx", o->ctx, "Context length per request (0 = model maximum, at most 4096)")->capture_default_str();
+      app.add_option("--parallel", o->parallel, "Requests generating at once")->capture_default_str();
+      app.add_option("-t,--threads", o->threads, "Engine CPU threads (0 = all)")->capture_default_str();
+      app.add_option("--http-threads", o->http_threads, "HTTP threads")->capture_default_str();
+      return [o] {
+        if (o->model_path.empty()) o->model_path = default_model_path();
+        return server::run_server(*o);
+      };
+    },
+    30,
+}};
+
+}  // namespace
+}  // namespace onebit::cli

@@ -1,0 +1,77 @@
+// The OpenAI-compatible request bodies `1bit serve` accepts, parsed and validated into plain
+// structs, and the error object it answers with.
+//
+// Parsing is pure (no model, no sockets) so that every rule can be unit-tested. A body that is
+// not what the API allows throws ApiError carrying the HTTP status and the OpenAI error fields:
+// 400 invalid_request_error naming the field (`param`) for malformed JSON, wrong types and
+// out-of-range values, and for fields this server does not support yet. JSON `null` is treated as
+// an absent field, as OpenAI does. Unknown fields are ignored (clients send vendor extensions).
+// Checks that need the model (model name, vocabulary size, context length) are made by the server.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/sampler/sampling_params.h"
+#include "core/template/chat_template.h"
+
+namespace onebit::server {
+
+class ApiError : public std::runtime_error {
+ public:
+  ApiError(int status, std::string message, std::string param = "", std::string code = "",
+           std::string type = "invalid_request_error")
+      : std::runtime_error(std::move(message)), status_(status), param_(std::move(param)),
+        code_(std::move(code)), type_(std::move(type)) {}
+  int status() const { return status_; }
+  const std::string& param() const { return param_; }  // "" = null
+  const std::string& code() const { return code_; }    // "" = null
+  const std::string& type() const { return type_; }
+
+ private:
+  int status_;
+  std::string param_;
+  std::string code_;
+  std::string type_;
+};
+
+// {"error":{"message","type","param","code"}}; empty param/code become null.
+nlohmann::json error_json(const ApiError& e);
+
+// A chat completion (messages) or a text completion (prompt), ready for the scheduler once the
+// server has rendered and tokenized it.
+struct GenerationRequest {
+  enum class Kind { kChat, kCompletion };
+  Kind kind = Kind::kChat;
+  std::string model;                  // as sent; "" when absent
+  std::vector<ChatMessage> messages;  // kChat
+  std::string prompt;                 // kCompletion
+  SamplingParams sampling;            // max_tokens -1 = until the context is full
+  bool stream = false;
+  bool include_usage = false;         // stream_options.include_usage
+};
+
+// POST /v1/chat/completions and POST /v1/completions bodies.
+GenerationRequest parse_chat_request(std::string_view body);
+GenerationRequest parse_completion_request(std::string_view body);
+
+// POST /tokenize: {"content": string, "add_special": bool (default false)}.
+struct TokenizeRequest {
+  std::string content;
+  bool add_special = false;
+};
+TokenizeRequest parse_tokenize_request(std::string_view body);
+
+// POST /detokenize: {"tokens": [int, ...]}.
+struct DetokenizeRequest {
+  std::vector<int32_t> tokens;
+};
+DetokenizeRequest parse_detokenize_request(std::string_view body);
+
+}  // namespace onebit::server

@@ -1,0 +1,31 @@
+// `1bit serve`: an OpenAI-compatible HTTP server for one model (docs/server.md).
+//
+// Threads (docs/DESIGN.md, "Threads and data flow"): an Asio io_context on a small pool of HTTP
+// threads accepts connections, parses and validates requests, renders the chat template,
+// tokenizes, and hands Jobs to the Scheduler's single engine thread; each connection drains its
+// Job's channel into SSE chunks or one JSON reply. The HTTP threads never run the model.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace onebit::server {
+
+struct ServerOptions {
+  std::string model_path;
+  std::string host = "127.0.0.1";
+  int port = 8180;           // 0 = any free port (the "listening on" line tells which)
+  std::string api_key;       // non-empty: every route but /health needs "Authorization: Bearer KEY"
+  int64_t ctx = 0;           // context per request; 0 = model maximum, at most 4096
+  int parallel = 4;          // requests generating at once (one Session each)
+  int threads = 0;           // engine CPU threads, 0 = all
+  int http_threads = 2;
+  size_t body_limit = 1u << 20;
+};
+
+// Loads the model, serves until SIGINT or SIGTERM, then stops accepting, ends in-flight requests
+// and returns 0. Throws Error when the model cannot be loaded or the address cannot be bound.
+int run_server(const ServerOptions& opts);
+
+}  // namespace onebit::server

@@ -1,0 +1,19 @@
+# End-to-end server test: `1bit serve` with the default model, driven by the official OpenAI
+# JavaScript client (npm `openai`, pinned in tests/e2e/server/package-lock.json) and raw fetch.
+# The npm packages are installed into the build tree on first run (or when the lock file changes).
+find_program(ONEBIT_NODE node)
+find_program(ONEBIT_NPM npm)
+if(ONEBIT_NODE AND ONEBIT_NPM AND TARGET onebit_server)
+  set(_srv_src ${PROJECT_SOURCE_DIR}/tests/e2e/server)
+  set(_srv_work ${PROJECT_BINARY_DIR}/e2e/server)
+  add_test(NAME server_e2e
+    COMMAND sh -c "set -e; mkdir -p '${_srv_work}'; cd '${_srv_work}'; \
+cp '${_srv_src}/package.json' '${_srv_src}/package-lock.json' .; \
+if ! cmp -s package-lock.json node_modules/.onebit-lock 2>/dev/null; then \
+'${ONEBIT_NPM}' ci --no-audit --no-fund --loglevel=error; cp package-lock.json node_modules/.onebit-lock; fi; \
+exec '${ONEBIT_NODE}' '${_srv_src}/run_e2e.mjs' --cli '$<TARGET_FILE:onebit_cli>' --modules '${_srv_work}' \
+--model '${PROJECT_SOURCE_DIR}/models/1bit-brown-26m.h1b'")
+  set_tests_properties(server_e2e PROPERTIES LABELS "e2e" TIMEOUT 120)
+else()
+  message(STATUS "1bit: node/npm or Boost not found, server_e2e test disabled")
+endif()
