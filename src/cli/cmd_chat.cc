@@ -33,6 +33,7 @@
 #include "core/template/chat_template.h"
 #include "core/tokenizer/tokenizer.h"
 #include "engine/engine.h"
+#include "engine/stop_tokens.h"
 
 namespace onebit::cli {
 namespace {
@@ -120,27 +121,6 @@ void emit(const std::string& s) {
   std::fflush(stdout);
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// The special token a template writes right after an assistant message's content (e.g.
-// <|eot_id|>, <|im_end|>): the model's own end-of-turn marker. -1 when there is none or the
-// template cannot render the probe.
-int32_t template_end_of_turn(const ChatTemplate& t, const Tokenizer& tok, const std::string& bos,
-                             const std::string& eos) {
-  static const std::string kMarker = "q7ZMARKERq7Z";
-  try {
-    const std::string text = t.apply({{"user", "hi"}, {"assistant", kMarker}}, false, bos, eos);
-    const size_t at = text.rfind(kMarker);
-    if (at == std::string::npos) return -1;
-    const std::vector<int32_t> rest = tok.encode(std::string_view(text).substr(at + kMarker.size()));
-    if (!rest.empty() && (tok.is_special(rest.front()) || tok.is_added(rest.front()))) return rest.front();
-  } catch (const Error&) {
-  }
-  return -1;
-}
-
 size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
   size_t n = 0;
   while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
@@ -174,10 +154,7 @@ int run_chat(const ChatOptions& o) {
   sp.seed = o.seed;
   Sampler sampler(sp, engine->n_vocab());
 
-  std::vector<int32_t> stop_ids;
-  for (int64_t id : model->config.eos_token_ids) stop_ids.push_back(static_cast<int32_t>(id));
-  for (int32_t id : {tok.eos_id(), tok.eot_id(), template_end_of_turn(tmpl, tok, bos_text, eos_text)})
-    if (id >= 0) stop_ids.push_back(id);
+  const std::vector<int32_t> stop_ids = stop_token_ids(*model, tok, &tmpl);
   auto is_stop = [&](int32_t id) { return std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end(); };
 
   const bool interactive = ::isatty(STDIN_FILENO) == 1;

@@ -55,10 +55,6 @@ double token_nll(std::span<const float> logits, int32_t target) {
   return mx + std::log(sum) - static_cast<double>(logits[static_cast<size_t>(target)]);
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 int run_ppl(const PplOptions& o) {
   if (o.file.empty()) fail("give the text file with -f FILE");
   if (o.ctx < 0) fail("--ctx must be >= 0, got {}", o.ctx);

@@ -21,6 +21,7 @@
 #include "core/sampler/sampler.h"
 #include "core/tokenizer/tokenizer.h"
 #include "engine/engine.h"
+#include "engine/stop_tokens.h"
 
 namespace onebit::cli {
 namespace {
@@ -44,10 +45,6 @@ void emit(const std::string& s) {
   if (s.empty()) return;
   std::fwrite(s.data(), 1, s.size(), stdout);
   std::fflush(stdout);
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 int run(const RunOptions& o) {
@@ -82,10 +79,7 @@ int run(const RunOptions& o) {
   sp.seed = o.seed;
   Sampler sampler(sp, engine->n_vocab());
 
-  std::vector<int32_t> stop_ids;
-  for (int64_t id : model->config.eos_token_ids) stop_ids.push_back(static_cast<int32_t>(id));
-  for (int32_t id : {tok.eos_id(), tok.eot_id()})
-    if (id >= 0) stop_ids.push_back(id);
+  const std::vector<int32_t> stop_ids = stop_token_ids(*model, tok, nullptr);
   auto is_stop = [&](int32_t id) { return std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end(); };
 
   if (o.verbose)

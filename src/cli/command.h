@@ -8,6 +8,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <chrono>
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -34,6 +36,10 @@ std::string default_model_path();
 
 // True when stderr is a terminal (progress bars are drawn only then).
 bool stderr_is_tty();
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 // The whole of a file as bytes; "" or "-" reads stdin. Throws Error naming the file.
 std::string read_input(const std::string& path);

@@ -29,6 +29,7 @@
 #include "core/template/chat_template.h"
 #include "core/tokenizer/tokenizer.h"
 #include "engine/engine.h"
+#include "engine/stop_tokens.h"
 #include "server/api.h"
 #include "server/scheduler.h"
 
@@ -63,21 +64,6 @@ std::string random_id(const char* prefix) {
   return fmt::format("{}{:016x}{:08x}", prefix, rng(), static_cast<uint32_t>(rng()));
 }
 
-// The special token a template writes right after an assistant message (<|eot_id|>, <|im_end|>):
-// the model's end-of-turn marker, or -1.
-int32_t template_end_of_turn(const ChatTemplate& t, const Tokenizer& tok, const std::string& bos, const std::string& eos) {
-  static const std::string kMarker = "q7ZMARKERq7Z";
-  try {
-    const std::string text = t.apply({{"user", "hi"}, {"assistant", kMarker}}, false, bos, eos);
-    const size_t at = text.rfind(kMarker);
-    if (at == std::string::npos) return -1;
-    const std::vector<int32_t> rest = tok.encode(std::string_view(text).substr(at + kMarker.size()));
-    if (!rest.empty() && (tok.is_special(rest.front()) || tok.is_added(rest.front()))) return rest.front();
-  } catch (const Error&) {
-  }
-  return -1;
-}
-
 class Server {
  public:
   explicit Server(const ServerOptions& o)
@@ -93,8 +79,7 @@ class Server {
     created_ = static_cast<int64_t>(std::time(nullptr));
     bos_text_ = tok_.bos_id() >= 0 ? tok_.token_text(tok_.bos_id()) : "";
     eos_text_ = tok_.eos_id() >= 0 ? tok_.token_text(tok_.eos_id()) : "";
-    for (int64_t id : model_->config.eos_token_ids) add_stop_id(static_cast<int32_t>(id));
-    for (int32_t id : {tok_.eos_id(), tok_.eot_id(), template_end_of_turn(tmpl_, tok_, bos_text_, eos_text_)}) add_stop_id(id);
+    stop_ids_ = stop_token_ids(*model_, tok_, &tmpl_);
 
     EngineOptions eo;
     eo.n_ctx = o.ctx;
@@ -146,10 +131,6 @@ class Server {
   static Tokenizer load_tokenizer(const Model& m, const std::string& path) {
     if (m.tokenizer.empty()) fail("{}: the model carries no tokenizer", path);
     return Tokenizer::from_data(m.tokenizer);
-  }
-
-  void add_stop_id(int32_t id) {
-    if (id >= 0 && std::find(stop_ids_.begin(), stop_ids_.end(), id) == stop_ids_.end()) stop_ids_.push_back(id);
   }
 
   // After a signal: give in-flight responses up to 5 s to be written, then stop the io_context
