@@ -10,19 +10,11 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ternary_gemv_cuda.h"
 
 namespace oc = onebit::cuda;
 
-#define CK(call)                                                                                      \
-  do {                                                                                                \
-    cudaError_t e_ = (call);                                                                          \
-    if (e_ != cudaSuccess) {                                                                          \
-      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, \
-                   cudaGetErrorString(e_));                                                           \
-      std::exit(1);                                                                                   \
-    }                                                                                                 \
-  } while (0)
 
 namespace {
 
