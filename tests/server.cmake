@@ -1,5 +1,6 @@
-# End-to-end server test: `1bit serve` with the default model, driven by the official OpenAI
-# JavaScript client (npm `openai`, pinned in tests/e2e/server/package-lock.json) and raw fetch.
+# End-to-end server tests: `1bit serve` with the default model, driven by the official OpenAI
+# JavaScript client (npm `openai`, pinned in tests/e2e/server/package-lock.json) and raw fetch,
+# by raw sockets, and by a load test.
 # The npm packages are installed into the build tree on first run (or when the lock file changes).
 find_program(ONEBIT_NODE node)
 find_program(ONEBIT_NPM npm)
@@ -14,6 +15,17 @@ if ! cmp -s package-lock.json node_modules/.onebit-lock 2>/dev/null; then \
 exec '${ONEBIT_NODE}' '${_srv_src}/run_e2e.mjs' --cli '$<TARGET_FILE:onebit_cli>' --modules '${_srv_work}' \
 --model '${PROJECT_SOURCE_DIR}/models/1bit-brown-26m.h1b'")
   set_tests_properties(server_e2e PROPERTIES LABELS "e2e" TIMEOUT 120)
+  # Raw sockets (malformed HTTP, huge bodies, slow clients, CORS) and a bounded load test (64
+  # streaming clients for 20 s, memory checked): node's own modules only, no npm install.
+  add_test(NAME server_raw
+    COMMAND ${ONEBIT_NODE} ${_srv_src}/run_raw.mjs --cli $<TARGET_FILE:onebit_cli>
+            --model ${PROJECT_SOURCE_DIR}/models/1bit-brown-26m.h1b)
+  set_tests_properties(server_raw PROPERTIES LABELS "e2e" TIMEOUT 60)
+  add_test(NAME server_load
+    COMMAND ${ONEBIT_NODE} ${_srv_src}/run_load.mjs --cli $<TARGET_FILE:onebit_cli>
+            --model ${PROJECT_SOURCE_DIR}/models/1bit-brown-26m.h1b --clients 64 --seconds 20)
+  # Alone: it measures memory and loads both cores.
+  set_tests_properties(server_load PROPERTIES LABELS "e2e" TIMEOUT 120 RUN_SERIAL TRUE)
 else()
   message(STATUS "1bit: node/npm or Boost not found, server_e2e test disabled")
 endif()

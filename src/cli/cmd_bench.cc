@@ -3,18 +3,21 @@
 //   1bit bench -m model.h1b [-p 512] [-n 128] [-r 5] [--threads N] [--lm-head bf16|int8] [--json]
 //
 //  - ppP: one batched prefill of P random token ids into an empty session; tokens/s = P / time.
-//  - tgN: after a short untimed prompt (kTgPrompt random ids), N single-token decode steps, each
+//  - tgN: after an untimed prompt of --depth random ids (default 16), N single-token decode steps, each
 //    feeding back the argmax of the previous logits; tokens/s = N / time.
 //  Each is repeated r times (after one untimed warm-up pass); median, min and max are reported.
 //  - Memory read bandwidth, measured in the same run: threads streaming a buffer of
-//    max(1 GiB, 4 x LLC), best of a few passes (membw.h).
+//    max(1 GiB, 4 x LLC), best of a few passes (membw.h); with --device cuda the GPU's
+//    device-to-device copy rate (read + write bytes).
 //  - Bytes read per decoded token: the weights one decode step streams, i.e. the ternary tensors
 //    in the CPU kernel layout (padded codes + per-row scales), the norm weights as fp32 (both as the
 //    backend holds them) and the LM head matrix in its file packing (the tied embedding or
 //    output.weight), or with --lm-head int8 the backend's int8 copy (1 byte per weight, rows padded
 //    to 64 bytes, plus a float scale and an int32 code sum per row). The embedding row and the KV cache reads are not counted (small for a short
 //    context).
-//  - Roofline fraction = bytes/token x tg tokens/s / bandwidth: how close decode is to the speed
+//  - With --batch B, tg runs B sequences together (Engine::decode_batch): tokens/s counts all of them
+//    and the weights are read once per step, so bytes/token is divided by B below.
+//  - Roofline fraction = bytes/token x tg tokens/s / B / bandwidth: how close decode is to the speed
 //    at which memory could deliver the weights.
 #include <algorithm>
 #include <chrono>
@@ -37,7 +40,6 @@
 namespace onebit::cli {
 namespace {
 
-constexpr int64_t kTgPrompt = 16;
 
 struct BenchOptions {
   std::string model;
@@ -47,6 +49,9 @@ struct BenchOptions {
   int reps = 5;
   int threads = 0;
   std::string lm_head = "bf16";
+  std::string kv = "f32";
+  int64_t depth = 16;  // tokens in the KV cache before the tg steps
+  int64_t batch = 1;   // sequences decoding together in tg
   bool json = false;
   bool no_membw = false;
 };
@@ -88,8 +93,7 @@ nlohmann::ordered_json stats_json(int64_t n, const Stats& s) {
 }
 
 int run_bench(const BenchOptions& o) {
-  if (o.device == "cuda") fail("--device cuda: this 1bit was built without CUDA backend");
-  if (o.device != "cpu") fail("--device must be cpu or cuda, got '{}'", o.device);
+  const Device device = device_from_name(o.device);
   if (o.n_prompt < 0 || o.n_gen < 0) fail("-p and -n must be >= 0, got {} and {}", o.n_prompt, o.n_gen);
   if (o.n_prompt == 0 && o.n_gen == 0) fail("nothing to measure: -p and -n are both 0");
   if (o.reps < 1) fail("-r must be >= 1, got {}", o.reps);
@@ -97,12 +101,18 @@ int run_bench(const BenchOptions& o) {
 
   std::unique_ptr<Model> model = load_model(path);
   const int64_t max_pos = model->config.max_position_embeddings > 0 ? model->config.max_position_embeddings : 4096;
-  const int64_t need = std::max(o.n_prompt, o.n_gen > 0 ? kTgPrompt + o.n_gen : 0);
+  if (o.depth < 1) fail("--depth must be >= 1, got {}", o.depth);
+  if (o.batch < 1) fail("--batch must be >= 1, got {}", o.batch);
+  const int64_t need = std::max(o.n_prompt, o.n_gen > 0 ? o.depth + o.n_gen : 0);
   if (need > max_pos)
-    fail("the benchmark needs {} positions (-p {}, or {} + -n {}) but the model's context is {}", need, o.n_prompt,
-         kTgPrompt, o.n_gen, max_pos);
+    fail("the benchmark needs {} positions (-p {}, or --depth {} + -n {}) but the model's context is {}", need,
+         o.n_prompt, o.depth, o.n_gen, max_pos);
   EngineOptions eo;
+  eo.device = device;
   eo.n_ctx = need;
+  eo.kv_dtype = o.kv == "f16" ? KvDtype::kF16 : KvDtype::kF32;
+  // On a GPU the whole prompt is one pass (the CPU keeps its 256-row chunks).
+  if (device == Device::kCuda) eo.n_batch = std::max<int64_t>(o.n_prompt, 256);
   eo.n_threads = o.threads;
   eo.lm_head = lm_head_from_name(o.lm_head);
   auto engine = Engine::load(*model, eo);
@@ -114,6 +124,9 @@ int run_bench(const BenchOptions& o) {
   if (auto* cpu = dynamic_cast<CpuBackend*>(&engine->backend())) {
     threads = cpu->n_threads();
     bytes_per_token += cpu->weight_bytes();
+  } else {
+    threads = 0;
+    bytes_per_token += engine->backend().weight_bytes();
   }
 
   std::mt19937 rng(1234);
@@ -131,8 +144,35 @@ int run_bench(const BenchOptions& o) {
     session->decode(ids);
     return static_cast<double>(o.n_prompt) / seconds_since(t0);
   };
+  // --batch B > 1: B sessions decode together through Engine::decode_batch (continuous batching);
+  // tokens/s counts all sequences' tokens.
+  std::vector<std::unique_ptr<Session>> extra;
+  for (int64_t b = 1; b < o.batch; ++b) extra.push_back(engine->new_session());
+  auto tg_batch_once = [&]() {
+    std::vector<Session*> ss = {session.get()};
+    for (auto& e : extra) ss.push_back(e.get());
+    std::vector<std::vector<int32_t>> prompts;
+    std::vector<BatchItem> items;
+    for (Session* s : ss) {
+      s->reset();
+      prompts.push_back(random_ids(o.depth));
+    }
+    for (size_t b = 0; b < ss.size(); ++b) items.push_back({ss[b], prompts[b], {}});
+    engine->decode_batch(items);
+    std::vector<int32_t> next(ss.size());
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < o.n_gen; ++i) {
+      for (size_t b = 0; b < ss.size(); ++b) {
+        next[b] = argmax(items[b].logits);
+        items[b].tokens = std::span(&next[b], 1);
+      }
+      engine->decode_batch(items);
+    }
+    return static_cast<double>(o.n_gen * o.batch) / seconds_since(t0);
+  };
   auto tg_once = [&]() {
-    const std::vector<int32_t> ids = random_ids(kTgPrompt);
+    if (o.batch > 1) return tg_batch_once();
+    const std::vector<int32_t> ids = random_ids(o.depth);
     session->reset();
     std::span<const float> logits = session->decode(ids);
     const auto t0 = std::chrono::steady_clock::now();
@@ -153,12 +193,14 @@ int run_bench(const BenchOptions& o) {
     for (int r = 0; r < o.reps; ++r) tg_runs.push_back(tg_once());
   }
   MemBandwidth bw;
-  if (!o.no_membw) bw = measure_read_bandwidth(threads);
+  if (!o.no_membw) bw = device == Device::kCuda ? measure_cuda_copy_bandwidth() : measure_read_bandwidth(threads);
 
   const std::optional<Stats> pp = pp_runs.empty() ? std::nullopt : std::optional(summarize(pp_runs));
   const std::optional<Stats> tg = tg_runs.empty() ? std::nullopt : std::optional(summarize(tg_runs));
-  const double roofline =
-      tg && bw.bytes_per_s > 0 ? static_cast<double>(bytes_per_token) * tg->median / bw.bytes_per_s : 0.0;
+  // With --batch B the weights are read once per step of B tokens.
+  const double roofline = tg && bw.bytes_per_s > 0 ? static_cast<double>(bytes_per_token) * tg->median /
+                                                         static_cast<double>(o.batch) / bw.bytes_per_s
+                                                   : 0.0;
 
   if (o.json) {
     nlohmann::ordered_json j;
@@ -167,6 +209,7 @@ int run_bench(const BenchOptions& o) {
     j["backend"] = std::string(engine->backend_name());
     j["threads"] = threads;
     j["lm_head"] = o.lm_head;
+    j["batch"] = o.batch;
     j["reps"] = o.reps;
     if (pp) j["pp"] = stats_json(o.n_prompt, *pp);
     if (tg) j["tg"] = stats_json(o.n_gen, *tg);
@@ -187,15 +230,19 @@ int run_bench(const BenchOptions& o) {
     std::printf("%-8s %12.2f %12.2f %12.2f\n", name.c_str(), s.median, s.min, s.max);
   };
   if (pp) row("pp", o.n_prompt, *pp);
-  if (tg) row("tg", o.n_gen, *tg);
+  if (tg) row(o.batch > 1 ? ("tg(x" + std::to_string(o.batch) + ")").c_str() : "tg", o.n_gen, *tg);
   std::printf("bytes/token  %.2f MiB (ternary weights in kernel layout + norms + %s LM head)\n",
               static_cast<double>(bytes_per_token) / (1 << 20), o.lm_head.c_str());
   if (!o.no_membw) {
-    std::printf("memory bw    %.2f GB/s (read, %d threads, %zu MiB buffer, best of %d)\n", bw.bytes_per_s / 1e9,
-                bw.threads, bw.buffer_bytes >> 20, bw.passes);
+    if (device == Device::kCuda)
+      std::printf("memory bw    %.2f GB/s (GPU device-to-device copy, read + write, %zu MiB, best of %d)\n",
+                  bw.bytes_per_s / 1e9, bw.buffer_bytes >> 20, bw.passes);
+    else
+      std::printf("memory bw    %.2f GB/s (read, %d threads, %zu MiB buffer, best of %d)\n", bw.bytes_per_s / 1e9,
+                  bw.threads, bw.buffer_bytes >> 20, bw.passes);
     if (tg)
-      std::printf("roofline     %.1f%% (bytes/token x tg tokens/s / bandwidth = %.2f GB/s)\n", 100.0 * roofline,
-                  static_cast<double>(bytes_per_token) * tg->median / 1e9);
+      std::printf("roofline     %.1f%% (bytes/token x tg tokens/s / batch / bandwidth = %.2f GB/s)\n", 100.0 * roofline,
+                  static_cast<double>(bytes_per_token) * tg->median / static_cast<double>(o.batch) / 1e9);
   }
   return 0;
 }
@@ -219,7 +266,15 @@ const CommandRegistrar kBench{{
       app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
           ->check(CLI::IsMember({"bf16", "int8"}))
           ->capture_default_str();
-      app.add_option("--device", o->device, "cpu (cuda: reserved)")->capture_default_str();
+      app.add_option("--device", o->device, "cpu, or cuda (GPU 0; bandwidth = device-to-device copy)")
+          ->check(CLI::IsMember({"cpu", "cuda"}))
+          ->capture_default_str();
+      app.add_option("-d,--depth", o->depth, "Prompt tokens in the KV cache before the tg steps (tg context)")
+          ->capture_default_str();
+      app.add_option("-b,--batch", o->batch,
+                     "Sequences decoding together in tg (Engine::decode_batch); tokens/s counts them all")
+          ->capture_default_str();
+      app.add_option("--kv", o->kv, "KV cache element type: f32 or f16")->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
       app.add_flag("--no-membw", o->no_membw, "Skip the memory bandwidth measurement");
       app.add_flag("--json", o->json, "Print the results as one JSON object");
       return [o] { return run_bench(*o); };

@@ -73,6 +73,7 @@ struct ChatOptions {
   int64_t ctx = 0;
   int threads = 0;
   std::string lm_head = "bf16";
+  std::string device = "cpu";
   bool verbose = false;
   bool no_cache = false;
 };
@@ -143,6 +144,7 @@ int run_chat(const ChatOptions& o) {
   eo.n_ctx = o.ctx;
   eo.n_threads = o.threads;
   eo.lm_head = lm_head_from_name(o.lm_head);
+  eo.device = device_from_name(o.device);
   auto engine = Engine::load(*model, eo);
   auto session = engine->new_session();
 
@@ -288,6 +290,7 @@ const CommandRegistrar kChat{{
       app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
           ->check(CLI::IsMember({"bf16", "int8"}))
           ->capture_default_str();
+      app.add_option("--device", o->device, "cpu, or cuda (GPU 0)")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
       app.add_flag("-v,--verbose", o->verbose, "Print per-turn prompt reuse and speed to stderr");
       app.add_flag("--no-cache", o->no_cache, "Re-prefill the whole conversation every turn (for testing)");
       return [o] { return run_chat(*o); };

@@ -38,6 +38,7 @@ struct PplOptions {
   int64_t ctx = 0;
   int threads = 0;
   std::string lm_head = "bf16";
+  std::string device = "cpu";
   bool json = false;
 };
 
@@ -84,6 +85,7 @@ int run_ppl(const PplOptions& o) {
   eo.n_ctx = window + extra - 1;
   eo.n_threads = o.threads;
   eo.lm_head = lm_head_from_name(o.lm_head);
+  eo.device = device_from_name(o.device);
   auto engine = Engine::load(*model, eo);
   auto session = engine->new_session();
   const int64_t vocab = engine->n_vocab();
@@ -157,6 +159,7 @@ const CommandRegistrar kPpl{{
       app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
           ->check(CLI::IsMember({"bf16", "int8"}))
           ->capture_default_str();
+      app.add_option("--device", o->device, "cpu, or cuda (GPU 0)")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
       app.add_flag("--json", o->json, "Print {\"ppl\",\"nll\",\"tokens\",\"windows\",\"ctx\",...} as JSON");
       return [o] { return run_ppl(*o); };
     },

@@ -38,6 +38,7 @@ struct RunOptions {
   int64_t ctx = 0;
   int threads = 0;
   std::string lm_head = "bf16";
+  std::string device = "cpu";
   bool verbose = false;
 };
 
@@ -67,6 +68,7 @@ int run(const RunOptions& o) {
   eo.n_ctx = o.ctx;
   eo.n_threads = o.threads;
   eo.lm_head = lm_head_from_name(o.lm_head);
+  eo.device = device_from_name(o.device);
   auto engine = Engine::load(*model, eo);
   if (static_cast<int64_t>(ids.size()) > engine->n_ctx())
     fail("prompt of {} tokens does not fit in the context of {} tokens (raise --ctx)", ids.size(), engine->n_ctx());
@@ -141,6 +143,7 @@ const CommandRegistrar kRun{{
       app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
           ->check(CLI::IsMember({"bf16", "int8"}))
           ->capture_default_str();
+      app.add_option("--device", o->device, "cpu, or cuda (GPU 0)")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
       app.add_flag("-v,--verbose", o->verbose, "Print timings to stderr");
       return [o] { return run(*o); };
     },

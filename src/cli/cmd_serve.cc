@@ -1,6 +1,8 @@
 // `1bit serve`: an OpenAI-compatible HTTP server (docs/server.md).
 //
 //   1bit serve [-m MODEL] [--host 127.0.0.1] [--port 8180] [--api-key KEY] [--ctx N] [--parallel N]
+//              [--max-queue N] [--timeout S] [--cors-origin ORIGIN]... [-t THREADS] [--device cpu|cuda]
+//              [--http-threads N]
 //
 // Logs go to stderr; "listening on http://HOST:PORT" is printed there once the socket is bound
 // (with --port 0, PORT is the one the system picked). SIGINT/SIGTERM stop it gracefully.
@@ -24,7 +26,15 @@ const CommandRegistrar kServe{{
       app.add_option("--ctx", o->ctx, "Context length per request (0 = model maximum, at most 4096)")->capture_default_str();
       app.add_option("--parallel", o->parallel, "Requests generating at once")->capture_default_str();
       app.add_option("-t,--threads", o->threads, "Engine CPU threads (0 = all)")->capture_default_str();
+      app.add_option("--device", o->device, "cpu, or cuda (GPU 0)")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
       app.add_option("--http-threads", o->http_threads, "HTTP threads")->capture_default_str();
+      app.add_option("--max-queue", o->max_queue,
+                     "Requests that may wait for a free slot; more get 429 (0 = 64 x --parallel)")->capture_default_str();
+      app.add_option("--timeout", o->timeout_s,
+                     "Seconds a request's header and body may take to arrive (also the keep-alive idle limit)")
+          ->capture_default_str();
+      app.add_option("--cors-origin", o->cors_origins,
+                     "Allow cross-origin requests from ORIGIN (repeatable; '*' = any); none by default");
       return [o] {
         if (o->model_path.empty()) o->model_path = default_model_path();
         return server::run_server(*o);

@@ -1,5 +1,7 @@
 #include "cli/membw.h"
 
+#include "engine/cuda_backend.h"
+
 #include <unistd.h>
 
 #if defined(__x86_64__)
@@ -109,6 +111,14 @@ MemBandwidth measure_read_bandwidth(int threads, size_t min_bytes, int passes) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s > 0) r.bytes_per_s = std::max(r.bytes_per_s, static_cast<double>(bytes) / s);
   }
+  return r;
+}
+
+MemBandwidth measure_cuda_copy_bandwidth() {
+  MemBandwidth r;
+  r.buffer_bytes = size_t{1} << 31;
+  r.passes = 10;
+  r.bytes_per_s = cuda_copy_bandwidth(r.buffer_bytes, r.passes);
   return r;
 }
 

@@ -21,4 +21,7 @@ size_t last_level_cache_bytes();
 // every page is backed by memory before timing starts.
 MemBandwidth measure_read_bandwidth(int threads, size_t min_bytes = size_t{1} << 30, int passes = 5);
 
+// GPU 0's device-to-device copy rate (bytes read + written, 2 GiB, best of 10; cuda_backend.h).
+MemBandwidth measure_cuda_copy_bandwidth();
+
 }  // namespace onebit::cli

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string_view>
 
@@ -81,11 +82,49 @@ class Backend {
   // in fp32, positions [0, n_pos).
   virtual void init_rope(int64_t head_dim, double theta, int64_t n_pos) = 0;
 
+  // Bytes of weights one decode step reads that the backend holds in its own layout: repacked
+  // ternary matrices with their scales, norm weights, int8 LM head copies (dense matrices added
+  // with add_dense are not counted; `1bit bench` adds the LM head as stored).
+  virtual size_t weight_bytes() const { return 0; }
+
   // ---- memory ----
   virtual void* alloc(size_t bytes) = 0;  // zero-filled, 64-byte aligned
   virtual void free(void* p) = 0;
+  // Copies `bytes` from backend memory `src` (from alloc) to host memory `dst`; returns when done.
+  virtual void download(const void* src, void* dst, size_t bytes) = 0;
   virtual QuantBuffer alloc_quant(int64_t rows, int64_t cols) = 0;
   virtual void free_quant(QuantBuffer q) = 0;
+
+  // Host memory for results the backend writes (logits): page-locked on a GPU backend so that
+  // copies into it can be captured in a graph. Zero-filled; free_host(nullptr) is a no-op.
+  // The defaults (host backends) use plain heap memory.
+  virtual float* alloc_host(size_t count) { return new float[count == 0 ? 1 : count](); }
+  virtual void free_host(float* p) { delete[] p; }
+
+  // ---- one forward pass ----
+  // BitnetGraph::forward calls begin_forward (the token ids and first position of the pass), then
+  // the operations, directly or inside run_cached, then end_forward, which returns once every
+  // result written to host memory is there. A GPU backend copies ids and position to the device
+  // in begin_forward and its kernels read them there, so a recorded pass replays for any position.
+  virtual void begin_forward(std::span<const int32_t> /*tokens*/, int64_t /*pos0*/) {}
+  virtual void end_forward() {}
+  // Runs `ops` (one whole pass's operations). A backend may record them the first times a `key`
+  // is seen and replay the recording for later calls with an equal key (a CUDA graph); the caller
+  // guarantees that equal keys mean the same operations on the same buffers, with only the ids
+  // and position of begin_forward changed. The CPU backend just calls ops().
+  struct ReplayKey {
+    const void* owner = nullptr;  // the GraphState
+    const void* out = nullptr;    // host logits pointer
+    int64_t n = 0;
+    bool all_logits = false;
+    bool operator<(const ReplayKey& o) const;
+  };
+  virtual void run_cached(const ReplayKey& /*key*/, const std::function<void()>& ops) { ops(); }
+  // Whether one pass may hold rows of several sequences (different KV caches and positions, as
+  // BitnetGraph::forward_multi does). The CUDA backend keeps one position per pass on the device.
+  virtual bool supports_multi_sequence() const { return true; }
+  // Drops the recordings of `owner` (a GraphState being destroyed).
+  virtual void forget(const void* /*owner*/) {}
 
   // ---- operations (n = token rows in this call) ----
   // x[i] = row tokens[i] of `table` converted to fp32. Ids are checked by the caller.
@@ -112,6 +151,32 @@ class Backend {
   virtual void relu2_mul(const float* gate, const float* up, int64_t count, float* out) = 0;
   // x += y over `count` values.
   virtual void add(float* x, const float* y, int64_t count) = 0;
+  // ---- fused forms: each defined as the sequence of operations its default runs; a backend may
+  // do it in fewer passes over memory (same arithmetic) ----
+  // x += y (n rows of w.cols), then rmsnorm_quantize(x, w, ...).
+  virtual void add_rmsnorm_quantize(float* x, const float* y, WeightHandle w, int64_t n, float eps, QuantBuffer q) {
+    add(x, y, n * w.cols);
+    rmsnorm_quantize(x, w, n, eps, q);
+  }
+  // rmsnorm_quantize of relu(gate)^2 * up (n rows of w.cols); `gate` may be overwritten with it.
+  virtual void relu2_mul_rmsnorm_quantize(float* gate, const float* up, WeightHandle w, int64_t n, float eps,
+                                          QuantBuffer q) {
+    relu2_mul(gate, up, n * w.cols, gate);
+    rmsnorm_quantize(gate, w, n, eps, q);
+  }
+  // rope(q), rope(k), kv_store(k, v).
+  virtual void rope_kv_store(const KvCacheView& kv, int64_t layer, float* q, float* k, const float* v, int64_t n,
+                             int64_t n_heads, int64_t pos0) {
+    rope(q, n, n_heads, pos0);
+    rope(k, n, kv.n_kv_heads, pos0);
+    kv_store(kv, layer, k, v, n, pos0);
+  }
+  // ternary_matmul(w[i], q, n, y[i]) for each i (matrices of equal width reading the same q).
+  virtual void ternary_matmul_shared(std::span<const WeightHandle> w, QuantBuffer q, int64_t n,
+                                     std::span<float* const> y) {
+    for (size_t i = 0; i < w.size(); ++i) ternary_matmul(w[i], q, n, y[i]);
+  }
+
   // logits[i][v] = sum_c w[v][c] * x[i][c] (fp32 accumulation); `logits` is HOST memory [n][w.rows].
   // On a handle from add_dense_int8, the int8 formula given there.
   virtual void lm_head(WeightHandle w, const float* x, int64_t n, float* logits) = 0;

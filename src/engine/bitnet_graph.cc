@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <tuple>
+
 #include "core/base/error.h"
 
 namespace onebit {
@@ -36,7 +38,14 @@ GraphState::GraphState(Backend& be, const ModelConfig& c, int64_t n_batch, int64
   }
 }
 
-GraphState::~GraphState() { release(); }
+GraphState::~GraphState() {
+  be_.forget(this);
+  release();
+}
+
+bool Backend::ReplayKey::operator<(const ReplayKey& o) const {
+  return std::tie(owner, out, n, all_logits) < std::tie(o.owner, o.out, o.n, o.all_logits);
+}
 
 void GraphState::release() {
   for (void* p : {static_cast<void*>(x_), static_cast<void*>(tmp_), static_cast<void*>(q_), static_cast<void*>(k_),
@@ -83,38 +92,31 @@ BitnetGraph::BitnetGraph(Backend& be, const Model& m, int64_t n_ctx, LmHead lm_h
 }
 
 void BitnetGraph::forward(GraphState& st, std::span<const int32_t> tokens, int64_t pos0, bool all_logits,
-                          float* logits) {
+                          float* logits, float* hidden_out) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n <= 0 || n > st.n_batch_) fail("forward: {} tokens for a batch of at most {}", n, st.n_batch_);
-  const int64_t hidden = c_.hidden_size, H = c_.num_heads, Hkv = c_.num_kv_heads;
-  const int64_t inter = c_.intermediate_size;
+  Backend& be = be_;
+  be.begin_forward(tokens, pos0);
+  auto ops = [&] { run_ops(st, tokens, pos0, all_logits, logits, hidden_out); };
+  // One-token steps (decode) may be recorded and replayed (CUDA graphs); hidden-state reads are rare.
+  if (n == 1 && hidden_out == nullptr)
+    be.run_cached(Backend::ReplayKey{&st, logits, n, all_logits}, ops);
+  else
+    ops();
+  be.end_forward();
+}
+
+void BitnetGraph::run_ops(GraphState& st, std::span<const int32_t> tokens, int64_t pos0, bool all_logits,
+                          float* logits, float* hidden_out) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t hidden = c_.hidden_size;
   const float eps = static_cast<float>(c_.rms_norm_eps);
   Backend& be = be_;
-
-  be.embed(token_embd_, tokens, st.x_);
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const Layer& L = layers_[l];
-    const int64_t li = static_cast<int64_t>(l);
-    // Attention block: x += o(attn_sub_norm(attention(rope(q), rope(k), v))).
-    be.rmsnorm_quantize(st.x_, L.attn_norm, n, eps, st.q_hidden_);
-    be.ternary_matmul(L.q, st.q_hidden_, n, st.q_);
-    be.ternary_matmul(L.k, st.q_hidden_, n, st.k_);
-    be.ternary_matmul(L.v, st.q_hidden_, n, st.v_);
-    be.rope(st.q_, n, H, pos0);
-    be.rope(st.k_, n, Hkv, pos0);
-    be.kv_store(st.kv_, li, st.k_, st.v_, n, pos0);
-    be.attention(st.kv_, li, st.q_, n, H, pos0, st.attn_);
-    be.rmsnorm_quantize(st.attn_, L.attn_sub_norm, n, eps, st.q_attn_);
-    be.ternary_matmul(L.o, st.q_attn_, n, st.tmp_);
-    be.add(st.x_, st.tmp_, n * hidden);
-    // FFN block: x += down(ffn_sub_norm(relu(gate)^2 * up)).
-    be.rmsnorm_quantize(st.x_, L.ffn_norm, n, eps, st.q_hidden_);
-    be.ternary_matmul(L.gate, st.q_hidden_, n, st.gate_);
-    be.ternary_matmul(L.up, st.q_hidden_, n, st.up_);
-    be.relu2_mul(st.gate_, st.up_, n * inter, st.gate_);
-    be.rmsnorm_quantize(st.gate_, L.ffn_sub_norm, n, eps, st.q_ffn_);
-    be.ternary_matmul(L.down, st.q_ffn_, n, st.tmp_);
-    be.add(st.x_, st.tmp_, n * hidden);
+  const SeqRows one{&st.kv_, pos0, n};
+  run_layers(st, tokens, std::span(&one, 1));
+  if (hidden_out != nullptr) {
+    be.rmsnorm(st.x_, output_norm_, n, eps, st.tmp_);
+    be.download(st.tmp_, hidden_out, static_cast<size_t>(n * c_.hidden_size) * sizeof(float));
   }
   if (logits == nullptr) return;
   if (all_logits) {
@@ -124,6 +126,74 @@ void BitnetGraph::forward(GraphState& st, std::span<const int32_t> tokens, int64
     be.rmsnorm(st.x_ + (n - 1) * hidden, output_norm_, 1, eps, st.tmp_);
     be.lm_head(output_, st.tmp_, 1, logits);
   }
+}
+
+void BitnetGraph::forward_multi(GraphState& scratch, std::span<const int32_t> tokens, std::span<const SeqRows> seqs,
+                                std::span<const int64_t> logit_rows, float* logits) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n <= 0 || n > scratch.n_batch_) fail("forward: {} tokens for a batch of at most {}", n, scratch.n_batch_);
+  int64_t total = 0;
+  for (const SeqRows& s : seqs) {
+    if (s.n <= 0 || s.kv == nullptr) fail("forward: an empty sequence in a batch");
+    total += s.n;
+  }
+  if (total != n) fail("forward: sequences cover {} rows of {}", total, n);
+  if (!be_.supports_multi_sequence() && seqs.size() > 1)
+    fail("forward: the {} backend runs one sequence per pass", be_.name());
+  Backend& be = be_;
+  const int64_t hidden = c_.hidden_size;
+  const float eps = static_cast<float>(c_.rms_norm_eps);
+  be.begin_forward(tokens, seqs.front().pos0);
+  run_layers(scratch, tokens, seqs);
+  // Final norm of the requested rows, gathered into consecutive rows of tmp, then one LM head.
+  const int64_t m = static_cast<int64_t>(logit_rows.size());
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t r = logit_rows[static_cast<size_t>(j)];
+    if (r < 0 || r >= n) fail("forward: logits asked for row {} of {}", r, n);
+    be.rmsnorm(scratch.x_ + r * hidden, output_norm_, 1, eps, scratch.tmp_ + j * hidden);
+  }
+  if (m > 0) be.lm_head(output_, scratch.tmp_, m, logits);
+  be.end_forward();
+}
+
+void BitnetGraph::run_layers(GraphState& st, std::span<const int32_t> tokens, std::span<const SeqRows> seqs) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t hidden = c_.hidden_size, H = c_.num_heads;
+  const int64_t qdim = H * c_.head_dim, kvdim = c_.num_kv_heads * c_.head_dim;
+  const float eps = static_cast<float>(c_.rms_norm_eps);
+  Backend& be = be_;
+  be.embed(token_embd_, tokens, st.x_);
+  // The per-layer sequence (docs/engine.md), with the residual add of each block fused into the
+  // norm that follows it:
+  //   x += o(attn_sub_norm(attention(rope(q), rope(k), v)))  with q, k, v = qkv(attn_norm(x))
+  //   x += down(ffn_sub_norm(relu(gate)^2 * up))             with gate, up = (ffn_norm(x))
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    const int64_t li = static_cast<int64_t>(l);
+    if (l == 0)
+      be.rmsnorm_quantize(st.x_, L.attn_norm, n, eps, st.q_hidden_);
+    else
+      be.add_rmsnorm_quantize(st.x_, st.tmp_, L.attn_norm, n, eps, st.q_hidden_);  // previous FFN's residual
+    const WeightHandle qkv[] = {L.q, L.k, L.v};
+    float* const qkv_out[] = {st.q_, st.k_, st.v_};
+    be.ternary_matmul_shared(qkv, st.q_hidden_, n, qkv_out);
+    // Position-dependent steps per sequence (its rows are consecutive); everything else spans all rows.
+    int64_t r0 = 0;
+    for (const SeqRows& sq : seqs) {
+      be.rope_kv_store(*sq.kv, li, st.q_ + r0 * qdim, st.k_ + r0 * kvdim, st.v_ + r0 * kvdim, sq.n, H, sq.pos0);
+      be.attention(*sq.kv, li, st.q_ + r0 * qdim, sq.n, H, sq.pos0, st.attn_ + r0 * qdim);
+      r0 += sq.n;
+    }
+    be.rmsnorm_quantize(st.attn_, L.attn_sub_norm, n, eps, st.q_attn_);
+    be.ternary_matmul(L.o, st.q_attn_, n, st.tmp_);
+    be.add_rmsnorm_quantize(st.x_, st.tmp_, L.ffn_norm, n, eps, st.q_hidden_);
+    const WeightHandle gu[] = {L.gate, L.up};
+    float* const gu_out[] = {st.gate_, st.up_};
+    be.ternary_matmul_shared(gu, st.q_hidden_, n, gu_out);
+    be.relu2_mul_rmsnorm_quantize(st.gate_, st.up_, L.ffn_sub_norm, n, eps, st.q_ffn_);
+    be.ternary_matmul(L.down, st.q_ffn_, n, st.tmp_);
+  }
+  be.add(st.x_, st.tmp_, n * hidden);
 }
 
 }  // namespace onebit

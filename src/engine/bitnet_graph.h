@@ -57,10 +57,31 @@ class BitnetGraph {
   // Runs tokens (1..st.n_batch() of them, ids in range) at positions pos0, pos0+1, ... and
   // writes into host memory `logits` the logits of every row ([n][vocab]) when all_logits, else
   // of the last row only ([vocab]); logits == nullptr skips the LM head. The caller checks
-  // pos0 + n <= n_ctx.
-  void forward(GraphState& st, std::span<const int32_t> tokens, int64_t pos0, bool all_logits, float* logits);
+  // pos0 + n <= n_ctx. With `hidden` != nullptr, also writes to that host memory the final-normed
+  // hidden state of every row ([n][hidden_size], what the LM head multiplies).
+  void forward(GraphState& st, std::span<const int32_t> tokens, int64_t pos0, bool all_logits, float* logits,
+               float* hidden = nullptr);
+
+  // Rows [r0, r0 + n) of one pass that belong to one sequence: its KV cache and first position.
+  struct SeqRows {
+    const KvCacheView* kv = nullptr;
+    int64_t pos0 = 0;
+    int64_t n = 0;
+  };
+  // Several sequences in one pass (continuous batching): `tokens` is the concatenation of each
+  // sequence's new tokens, in the order of `seqs`; every matrix product runs once over all rows,
+  // RoPE, the KV store and attention per sequence. `scratch` provides the activation buffers (its
+  // own KV cache is not used). Writes to host memory `logits` the logits of the rows listed in
+  // `logit_rows` ([logit_rows.size()][vocab]). Per row the arithmetic is that of forward(), so each
+  // sequence gets the same logits as alone. Backends without supports_multi_sequence() take one
+  // sequence per pass.
+  void forward_multi(GraphState& scratch, std::span<const int32_t> tokens, std::span<const SeqRows> seqs,
+                     std::span<const int64_t> logit_rows, float* logits);
 
  private:
+  void run_ops(GraphState& st, std::span<const int32_t> tokens, int64_t pos0, bool all_logits, float* logits,
+               float* hidden_out);
+  void run_layers(GraphState& st, std::span<const int32_t> tokens, std::span<const SeqRows> seqs);
   struct Layer {
     WeightHandle attn_norm, q, k, v, attn_sub_norm, o, ffn_norm, gate, up, ffn_sub_norm, down;
   };

@@ -294,6 +294,8 @@ void CpuBackend::free(void* p) {
   if (p != nullptr) ::operator delete(p, std::align_val_t{64});
 }
 
+void CpuBackend::download(const void* src, void* dst, size_t bytes) { std::memcpy(dst, src, bytes); }
+
 QuantBuffer CpuBackend::alloc_quant(int64_t rows, int64_t cols) {
   auto* q = new cpu::QuantizedActs(rows, cols);
   return {q, rows, cols};
@@ -385,18 +387,26 @@ void CpuBackend::ternary_matmul(WeightHandle wh, QuantBuffer q, int64_t n, float
 void CpuBackend::rope(float* x, int64_t n, int64_t n_heads, int64_t pos0) {
   const int64_t d = impl_->head_dim, half = d / 2;
   if (pos0 < 0 || pos0 + n > impl_->n_pos) fail("rope: positions [{}, {}) beyond the table ({})", pos0, pos0 + n, impl_->n_pos);
-  for (int64_t i = 0; i < n; ++i) {
-    const float* c = impl_->cos.data() + (pos0 + i) * half;
-    const float* s = impl_->sin.data() + (pos0 + i) * half;
-    for (int64_t h = 0; h < n_heads; ++h) {
-      float* v = x + (i * n_heads + h) * d;
-      // q*cos + rotate_half(q)*sin, rotate_half(q) = [-q2, q1]; pairs (j, j + D/2) share an angle.
-      for (int64_t j = 0; j < half; ++j) {
-        const float a = v[j], b = v[j + half];
-        v[j] = a * c[j] - b * s[j];
-        v[j + half] = b * c[j] + a * s[j];
+  auto rows = [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* c = impl_->cos.data() + (pos0 + i) * half;
+      const float* s = impl_->sin.data() + (pos0 + i) * half;
+      for (int64_t h = 0; h < n_heads; ++h) {
+        float* v = x + (i * n_heads + h) * d;
+        // q*cos + rotate_half(q)*sin, rotate_half(q) = [-q2, q1]; pairs (j, j + D/2) share an angle.
+        for (int64_t j = 0; j < half; ++j) {
+          const float a = v[j], b = v[j + half];
+          v[j] = a * c[j] - b * s[j];
+          v[j + half] = b * c[j] + a * s[j];
+        }
       }
     }
+  };
+  // Rows are independent (the same arithmetic on any thread); one decode row stays on this thread.
+  if (reference_) {
+    rows(0, n);
+  } else {
+    impl_->pool.parallel_for(n, 8, rows);
   }
 }
 
@@ -437,6 +447,69 @@ void CpuBackend::kv_store(const KvCacheView& kv, int64_t layer, const float* k, 
   }
 }
 
+// Prefill attention over an fp32 cache, the same arithmetic as the per-(row, head) loop in
+// attention() with cpu::dot / cpu::axpy, bit for bit: every score is one dot(q, k) in the kernels'
+// fixed order, the softmax is the same scalar code, and each output row accumulates p·v over keys
+// in increasing order. Only the loop order changes: a task is one KV head and kQRows query rows
+// (kQRows x group query vectors), and keys are visited in tiles of kKeyTile rows (16 KB at
+// head_dim 128) that stay in L1 while every query of the task uses them, instead of streaming each
+// head's K and V from L2 once per query vector.
+namespace {
+
+void attention_blocked(cpu::ThreadPool& pool, const KvCacheView& kv, int64_t layer, const float* q, int64_t n,
+                       int64_t n_heads, int64_t pos0, float* out) {
+  constexpr int64_t kQRows = 4, kKeyTile = 32;
+  const int64_t d = kv.head_dim, group = n_heads / kv.n_kv_heads;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  const int64_t n_blocks = (n + kQRows - 1) / kQRows;
+  auto task = [&](int64_t t) {
+    const int64_t kvh = t % kv.n_kv_heads, i0 = t / kv.n_kv_heads * kQRows, i1 = std::min(n, i0 + kQRows);
+    const int64_t max_keys = pos0 + i1;  // the last row sees the most keys
+    const float* kb = static_cast<const float*>(kv.data) + kv_offset(kv, 0, layer, kvh, 0);
+    const float* vb = static_cast<const float*>(kv.data) + kv_offset(kv, 1, layer, kvh, 0);
+    // Scores, then probabilities, of query (i, h) at sc[((i - i0) * group + h - kvh * group) * max_keys].
+    std::vector<float>& sc = scratch(static_cast<size_t>((i1 - i0) * group * max_keys), 0);
+    auto for_queries = [&](auto&& fn) {
+      for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t hh = 0; hh < group; ++hh) {
+          const int64_t h = kvh * group + hh;
+          fn(i, pos0 + i + 1, q + (i * n_heads + h) * d, out + (i * n_heads + h) * d,
+             sc.data() + ((i - i0) * group + hh) * max_keys);
+        }
+      }
+    };
+    for (int64_t j0 = 0; j0 < max_keys; j0 += kKeyTile) {
+      for_queries([&](int64_t, int64_t n_keys, const float* qv, float*, float* s) {
+        if (j0 < n_keys) cpu::dot_rows(qv, kb + j0 * d, d, std::min(kKeyTile, n_keys - j0), d, s + j0);
+      });
+    }
+    for_queries([&](int64_t, int64_t n_keys, const float*, float* o, float* s) {
+      float m = -INFINITY;
+      for (int64_t j = 0; j < n_keys; ++j) {
+        s[j] = s[j] * scale;
+        m = std::max(m, s[j]);
+      }
+      float sum = 0.0f;
+      for (int64_t j = 0; j < n_keys; ++j) {
+        s[j] = std::exp(s[j] - m);
+        sum += s[j];
+      }
+      for (int64_t j = 0; j < n_keys; ++j) s[j] = s[j] / sum;
+      std::fill(o, o + d, 0.0f);
+    });
+    for (int64_t j0 = 0; j0 < max_keys; j0 += kKeyTile) {
+      for_queries([&](int64_t, int64_t n_keys, const float*, float* o, float* s) {
+        if (j0 < n_keys) cpu::axpy_rows(s + j0, vb + j0 * d, d, std::min(kKeyTile, n_keys - j0), d, o);
+      });
+    }
+  };
+  pool.parallel_for(n_blocks * kv.n_kv_heads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) task(t);
+  });
+}
+
+}  // namespace
+
 void CpuBackend::attention(const KvCacheView& kv, int64_t layer, const float* q, int64_t n, int64_t n_heads,
                            int64_t pos0, float* out) {
   const int64_t d = kv.head_dim, group = n_heads / kv.n_kv_heads;
@@ -449,6 +522,26 @@ void CpuBackend::attention(const KvCacheView& kv, int64_t layer, const float* q,
     float* o = out + (i * n_heads + h) * d;
     std::vector<float>& sc = scratch(static_cast<size_t>(n_keys), 0);
     std::vector<float>& rowbuf = scratch(static_cast<size_t>(d), 1);
+    if (!ref && kv.dtype == KvDtype::kF32) {  // the loops below, bit for bit, all keys per call
+      const float* kb = static_cast<const float*>(kv.data) + kv_offset(kv, 0, layer, kvh, 0);
+      const float* vb = static_cast<const float*>(kv.data) + kv_offset(kv, 1, layer, kvh, 0);
+      float* s = sc.data();
+      cpu::dot_rows(qv, kb, d, n_keys, d, s);
+      float m = -INFINITY;
+      for (int64_t j = 0; j < n_keys; ++j) {
+        s[j] = s[j] * scale;
+        m = std::max(m, s[j]);
+      }
+      float sum = 0.0f;
+      for (int64_t j = 0; j < n_keys; ++j) {
+        s[j] = std::exp(s[j] - m);
+        sum += s[j];
+      }
+      for (int64_t j = 0; j < n_keys; ++j) s[j] = s[j] / sum;
+      std::fill(o, o + d, 0.0f);
+      cpu::axpy_rows(s, vb, d, n_keys, d, o);
+      return;
+    }
     float m = -INFINITY;
     for (int64_t j = 0; j < n_keys; ++j) {
       const float* kr = kv_row(kv, 0, layer, kvh, j, rowbuf.data());
@@ -481,6 +574,8 @@ void CpuBackend::attention(const KvCacheView& kv, int64_t layer, const float* q,
   };
   if (ref) {
     for (int64_t t = 0; t < n * n_heads; ++t) one(t);
+  } else if (kv.dtype == KvDtype::kF32 && n > 1) {
+    attention_blocked(impl_->pool, kv, layer, q, n, n_heads, pos0, out);
   } else {
     impl_->pool.parallel_for(n * n_heads, 1, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) one(t);
@@ -500,7 +595,16 @@ void CpuBackend::relu2_mul(const float* gate, const float* up, int64_t count, fl
 }
 
 void CpuBackend::add(float* x, const float* y, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) x[i] += y[i];
+  auto range = [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) x[i] += y[i];
+  };
+  // Element-wise, so any split gives the same result; below 16 Ki floats (a few decode rows) the
+  // dispatch would cost more than the adds.
+  if (reference_) {
+    range(0, count);
+  } else {
+    impl_->pool.parallel_for(count, int64_t{1} << 14, range);
+  }
 }
 
 namespace {

@@ -42,6 +42,7 @@ class CpuBackend final : public Backend {
 
   void* alloc(size_t bytes) override;
   void free(void* p) override;
+  void download(const void* src, void* dst, size_t bytes) override;
   QuantBuffer alloc_quant(int64_t rows, int64_t cols) override;
   void free_quant(QuantBuffer q) override;
 

@@ -26,7 +26,14 @@ namespace onebit {
 class BitnetGraph;
 class GraphState;
 
+// Where the model runs (`--device`).
+enum class Device : uint8_t { kCpu, kCuda };
+std::string_view device_name(Device d);  // "cpu" / "cuda"
+// Parses "cpu" or "cuda"; throws Error naming the accepted values otherwise.
+Device device_from_name(std::string_view name);
+
 struct EngineOptions {
+  Device device = Device::kCpu;  // kCuda: the CUDA backend on GPU 0 (Error if none or not built)
   int64_t n_ctx = 0;      // context length (KV cache positions); 0 = min(max_position_embeddings, 4096)
   int n_threads = 0;      // CPU threads, 0 = all hardware threads
   int64_t n_batch = 256;  // token rows per forward pass; longer prompts are split into chunks
@@ -39,6 +46,13 @@ struct EngineOptions {
 
 class Session;
 
+// One sequence's part of Engine::decode_batch.
+struct BatchItem {
+  Session* session = nullptr;
+  std::span<const int32_t> tokens;  // appended at session->n_past()
+  std::span<const float> logits;    // out: logits of the last token ([n_vocab]), valid until the session's next call
+};
+
 class Engine {
  public:
   // Validates the model and the options (Error naming the problem), uploads the weights.
@@ -46,6 +60,15 @@ class Engine {
   ~Engine();
 
   std::unique_ptr<Session> new_session();
+
+  // Continuous batching: appends each item's tokens to its session in shared forward passes of up
+  // to n_batch rows (every matrix product reads the weights once for all sequences; RoPE, the KV
+  // cache and attention stay per sequence). Items are packed in order; a long item is split over
+  // passes. For each session the result is what session->decode(tokens) computes, to the bit.
+  // Everything is checked first (an empty item, an id outside the vocabulary, tokens that do not
+  // fit the context, a session given twice or from another engine): Error, and nothing runs.
+  // Backends that run one sequence per pass (CUDA) run the items one after another.
+  void decode_batch(std::span<BatchItem> items);
 
   const ModelConfig& config() const;
   const EngineOptions& options() const { return opts_; }  // n_ctx resolved
@@ -60,6 +83,8 @@ class Engine {
   EngineOptions opts_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<BitnetGraph> graph_;
+  std::unique_ptr<GraphState> batch_state_;  // decode_batch's activation scratch (no KV cache)
+  std::vector<float> batch_logits_;
 };
 
 class Session {
@@ -75,6 +100,11 @@ class Session {
   // vocabulary, or when the tokens do not fit in the context.
   std::span<const float> decode(std::span<const int32_t> tokens, bool all_logits = false);
 
+  // The final-normed hidden state of every token ([tokens.size()][hidden_size], row-major), with
+  // the tokens run from position 0 (the session is reset first and holds them afterwards). The
+  // server's /v1/embeddings pools these. Same checks as decode().
+  std::vector<float> hidden_states(std::span<const int32_t> tokens);
+
   int64_t n_past() const { return n_past_; }
   int64_t n_ctx() const;
   int64_t n_vocab() const;
@@ -89,7 +119,10 @@ class Session {
   Engine& engine_;
   std::unique_ptr<GraphState> state_;
   int64_t n_past_ = 0;
-  std::vector<float> logits_;
+  float* logits_buffer(size_t count);  // logits_ with room for `count` floats
+  // Logits in host memory from the backend (page-locked on a GPU), grown as needed.
+  float* logits_ = nullptr;
+  size_t logits_cap_ = 0;
 };
 
 }  // namespace onebit

@@ -130,12 +130,23 @@ void parse_common(const json& j, GenerationRequest* r, const char* max_tokens_na
     }
   }
 
-  if (auto n = get_int(j, "n", 1, 128); n && *n != 1) unsupported("n", "'n' other than 1");
-  if (const json* v = field(j, "logprobs")) {
-    if (!(v->is_boolean() && !v->get<bool>()) && !(v->is_number_integer() && v->get<int64_t>() == 0))
-      unsupported("logprobs", "'logprobs'");
+  if (auto n = get_int(j, "n", 1, GenerationRequest::kMaxChoices)) r->n = static_cast<int>(*n);
+  if (r->kind == GenerationRequest::Kind::kChat) {
+    if (auto x = get_bool(j, "logprobs")) r->logprobs = *x;
+    if (auto x = get_int(j, "top_logprobs", 0, SamplingParams::kMaxLogprobs)) {
+      if (!r->logprobs) bad("top_logprobs", "'top_logprobs' needs 'logprobs' set to true");
+      sp.n_logprobs = static_cast<int32_t>(*x);
+    }
+  } else {
+    // The legacy API: an integer, the number of alternatives per token (0 = the chosen one only).
+    if (const json* v = field(j, "logprobs"); v && v->is_boolean())
+      bad("logprobs", "'logprobs' must be an integer in [0, 5] for /v1/completions, got boolean");
+    if (auto x = get_int(j, "logprobs", 0, 5)) {
+      r->logprobs = true;
+      sp.n_logprobs = static_cast<int32_t>(*x);
+    }
+    if (field(j, "top_logprobs")) bad("top_logprobs", "'top_logprobs' is a chat field; use 'logprobs' (0..5) here");
   }
-  if (field(j, "top_logprobs")) unsupported("top_logprobs", "'top_logprobs'");
   for (const char* name : {"tools", "tool_choice", "functions", "function_call", "audio", "prediction"}) {
     const json* v = field(j, name);
     if (v && !(v->is_array() && v->empty())) unsupported(name, fmt::format("'{}'", name));
@@ -221,6 +232,81 @@ GenerationRequest parse_completion_request(std::string_view body) {
   r.sampling.max_tokens = 16;  // OpenAI's default for /v1/completions
   parse_common(j, &r, nullptr);
   return r;
+}
+
+EmbeddingRequest parse_embedding_request(std::string_view body) {
+  const json j = parse_object(body);
+  EmbeddingRequest r;
+  if (const json* v = field(j, "model")) {
+    if (!v->is_string()) bad("model", fmt::format("'model' must be a string, got {}", v->type_name()));
+    r.model = v->get<std::string>();
+  }
+  const json* in = field(j, "input");
+  if (!in) bad("input", "'input' is required");
+  auto token_list = [](const json& a, const std::string& where) {
+    std::vector<int32_t> ids;
+    for (const json& id : a) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > std::numeric_limits<int32_t>::max())
+        bad("input", fmt::format("'{}' must hold non-negative integer token ids", where));
+      ids.push_back(static_cast<int32_t>(id.get<int64_t>()));
+    }
+    if (ids.empty()) bad("input", fmt::format("'{}' must not be empty", where));
+    return ids;
+  };
+  auto text = [](const json& s, const std::string& where) {
+    EmbeddingRequest::Input x;
+    x.text = s.get<std::string>();
+    if (x.text.empty()) bad("input", fmt::format("'{}' must not be an empty string", where));
+    return x;
+  };
+  if (in->is_string()) {
+    r.inputs.push_back(text(*in, "input"));
+  } else if (in->is_array()) {
+    if (in->empty()) bad("input", "'input' must not be an empty array");
+    if (in->size() > EmbeddingRequest::kMaxInputs)
+      bad("input", fmt::format("'input' may hold at most {} inputs, got {}", EmbeddingRequest::kMaxInputs, in->size()));
+    if ((*in)[0].is_number()) {  // one input given as token ids
+      r.inputs.push_back({true, "", token_list(*in, "input")});
+    } else {
+      for (size_t i = 0; i < in->size(); ++i) {
+        const json& x = (*in)[i];
+        const std::string where = fmt::format("input[{}]", i);
+        if (x.is_string()) r.inputs.push_back(text(x, where));
+        else if (x.is_array()) r.inputs.push_back({true, "", token_list(x, where)});
+        else bad("input", fmt::format("'{}' must be a string or an array of token ids, got {}", where, x.type_name()));
+      }
+    }
+  } else {
+    bad("input", fmt::format("'input' must be a string, an array of strings or an array of token ids, got {}",
+                             in->type_name()));
+  }
+  if (const json* v = field(j, "encoding_format")) {
+    if (!v->is_string() || (v->get<std::string>() != "float" && v->get<std::string>() != "base64"))
+      bad("encoding_format", "'encoding_format' must be \"float\" or \"base64\"");
+    r.base64 = v->get<std::string>() == "base64";
+  }
+  if (auto d = get_int(j, "dimensions", 1, std::numeric_limits<int32_t>::max())) r.dimensions = *d;
+  return r;
+}
+
+std::string base64_encode(std::string_view bytes) {
+  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  size_t i = 0;
+  auto at = [&](size_t k) { return static_cast<uint32_t>(static_cast<unsigned char>(bytes[k])); };
+  for (; i + 3 <= bytes.size(); i += 3) {
+    const uint32_t v = at(i) << 16 | at(i + 1) << 8 | at(i + 2);
+    for (int s = 18; s >= 0; s -= 6) out += kAlphabet[(v >> s) & 63];
+  }
+  if (const size_t rest = bytes.size() - i; rest > 0) {
+    const uint32_t v = at(i) << 16 | (rest == 2 ? at(i + 1) << 8 : 0);
+    out += kAlphabet[(v >> 18) & 63];
+    out += kAlphabet[(v >> 12) & 63];
+    out += rest == 2 ? kAlphabet[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
 }
 
 TokenizeRequest parse_tokenize_request(std::string_view body) {

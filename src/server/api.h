@@ -55,11 +55,36 @@ struct GenerationRequest {
   SamplingParams sampling;            // max_tokens -1 = until the context is full
   bool stream = false;
   bool include_usage = false;         // stream_options.include_usage
+  int n = 1;                          // completions of the prompt, 1..kMaxChoices
+  // Chat: `logprobs` true, with `top_logprobs` (0..20) alternatives in sampling.n_logprobs.
+  // Completions: `logprobs` an integer 0..5, the number of alternatives.
+  bool logprobs = false;
+  static constexpr int kMaxChoices = 8;
 };
 
 // POST /v1/chat/completions and POST /v1/completions bodies.
 GenerationRequest parse_chat_request(std::string_view body);
 GenerationRequest parse_completion_request(std::string_view body);
+
+// POST /v1/embeddings: `input` is a string, an array of strings, an array of token ids, or an
+// array of arrays of token ids (at most kMaxInputs inputs, none empty).
+struct EmbeddingRequest {
+  struct Input {
+    bool is_tokens = false;
+    std::string text;             // !is_tokens
+    std::vector<int32_t> tokens;  // is_tokens
+  };
+  static constexpr size_t kMaxInputs = 2048;
+  std::string model;  // "" when absent
+  std::vector<Input> inputs;
+  bool base64 = false;                // encoding_format "base64" (else "float")
+  std::optional<int64_t> dimensions;  // the server accepts only the model's hidden size
+};
+EmbeddingRequest parse_embedding_request(std::string_view body);
+
+// Standard base64 (RFC 4648, with padding) of raw bytes; /v1/embeddings' encoding_format "base64"
+// sends each vector's little-endian float32 bytes this way.
+std::string base64_encode(std::string_view bytes);
 
 // POST /tokenize: {"content": string, "add_special": bool (default false)}.
 struct TokenizeRequest {

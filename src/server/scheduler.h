@@ -1,85 +1,152 @@
 // Scheduler: the one engine thread of `1bit serve`. It owns the Engine's Sessions and runs
-// generation requests; HTTP threads only enqueue Jobs and drain their channels.
+// generation and embedding Jobs; HTTP threads only enqueue Jobs and drain their channels.
 //
-// Up to `parallel` Jobs run at once, each in its own Session (its own KV cache). The loop serves
-// them round-robin, one step each: a Job's first step prefills its whole prompt, every later step
-// samples one token and decodes it. So concurrent streams progress together, one token per turn
-// each. Jobs beyond `parallel` wait in FIFO order for a free Session.
+// Up to `parallel` Jobs run at once, each in its own Session (its own KV cache). Continuous
+// batching: each step of the loop gives every running generation one turn (those decoding sample
+// their next token, then prompts being prefilled take chunks of what is left of a token budget of
+// n_batch), and runs all of these tokens through the model in one Engine::decode_batch, so the
+// weights are read once per step for every sequence; an embedding Job runs one input per step.
+// So concurrent streams progress together, one token per step each. Jobs beyond `parallel` wait in FIFO order
+// for a free Session; at most `max_queue` wait, further submissions are refused (HTTP 429).
+//
+// Prefix reuse: an idle Session keeps the tokens of its last sequence in its KV cache. A new
+// generation Job is given the idle Session whose cached tokens share the longest prefix with its
+// prompt, if that prefix is at least half the prompt (as llama.cpp's slot similarity); otherwise
+// the least recently used idle Session, so that a short shared prefix (BOS, a system prompt)
+// does not evict a more useful cache. The Session is truncated to the common prefix and only the
+// rest of the prompt is prefilled. At least the prompt's last token is
+// always decoded again, so that its logits exist. The reused count is reported in the final
+// event (usage.prompt_tokens_details.cached_tokens) and in the metrics.
 //
 // Each Job carries a channel (an Asio concurrent_channel bound to its connection's executor) that
 // receives TokenEvents: text deltas, then exactly one final event (done = true) with the finish
-// reason and token counts, or an error. The channel's capacity covers every event a Job can send
-// (one per generated token plus the final one), so the engine thread never blocks on a slow client.
+// reason and token counts, or an error. The channel's capacity (channel_capacity) covers every
+// event the Jobs sharing it can send, so the engine thread never blocks on a slow client.
 // Setting Job::cancelled (the client went away) makes the engine drop the Job at its next turn
-// and reuse its Session; no final event is sent then.
+// and free its Session; no final event is sent then.
 #pragma once
 
 #include <boost/asio/experimental/concurrent_channel.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "core/sampler/sampler.h"
 #include "core/sampler/sampling_params.h"
 #include "core/tokenizer/tokenizer.h"
 #include "engine/engine.h"
+#include "server/metrics.h"
 
 namespace onebit::server {
 
 struct TokenEvent {
-  std::string text;           // content to append (may be empty)
-  bool done = false;          // the last event of the Job
-  std::string finish_reason;  // when done without error: "stop" or "length"
-  std::string error;          // when done: non-empty if the Job failed
-  int64_t prompt_tokens = 0;  // when done
-  int64_t completion_tokens = 0;
+  int index = 0;                        // the Job's index: choice (n > 1), or embedding input
+  std::string text;                     // content to append (may be empty)
+  std::vector<TokenLogprobs> logprobs;  // Job::logprobs: one per token generated since the last event
+  std::vector<float> embedding;         // embedding Jobs: one input's pooled, L2-normalised vector
+  bool done = false;                    // the last event of the Job
+  std::string finish_reason;            // when done without error: "stop" or "length"
+  std::string error;                    // when done: non-empty if the Job failed
+  int64_t prompt_tokens = 0;            // when done (embedding Jobs: all inputs' tokens)
+  int64_t cached_tokens = 0;            // when done: prompt tokens whose KV cache was reused
+  int64_t completion_tokens = 0;        // when done
 };
 
 using EventChannel = boost::asio::experimental::concurrent_channel<void(boost::system::error_code, TokenEvent)>;
 
 struct Job {
-  std::vector<int32_t> prompt;  // non-empty, shorter than the context
-  SamplingParams sampling;      // validated; stop strings and stop_token_ids set
+  enum class Kind { kGenerate, kEmbed };
+  Kind kind = Kind::kGenerate;
+  int index = 0;                // copied into every TokenEvent (several Jobs may share a channel)
+  std::vector<int32_t> prompt;  // kGenerate: non-empty, shorter than the context
+  SamplingParams sampling;      // kGenerate: validated; stop strings and stop_token_ids set
+  bool logprobs = false;        // kGenerate: report each token's logprob (+ sampling.n_logprobs alternatives)
+  std::vector<std::vector<int32_t>> inputs;  // kEmbed: non-empty token lists, each within the context
   std::shared_ptr<EventChannel> channel;
   std::atomic<bool> cancelled{false};
+  std::chrono::steady_clock::time_point submitted;  // set by Scheduler::submit
 };
+
+// What /metrics reports about the Scheduler (see GaugeValues).
+struct SchedulerStats {
+  int64_t queued = 0;
+  int64_t running = 0;
+  int64_t kv_running = 0;
+  int64_t kv_cached = 0;
+  int64_t kv_total = 0;
+};
+
+// The length of the common prefix of a and b.
+size_t common_prefix(std::span<const int32_t> a, std::span<const int32_t> b);
 
 class Scheduler {
  public:
-  // The engine and tokenizer must outlive the Scheduler. Starts the engine thread.
-  Scheduler(Engine& engine, const Tokenizer& tok, int parallel);
+  // The engine and tokenizer (and metrics, if given) must outlive the Scheduler. Starts the
+  // engine thread. max_queue = 0 means 64 x parallel.
+  Scheduler(Engine& engine, const Tokenizer& tok, int parallel, size_t max_queue = 0, Metrics* metrics = nullptr);
   ~Scheduler();  // shutdown() and join
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
-  // Queues a Job. After shutdown() the Job gets its final event at once, with an error.
-  void submit(std::shared_ptr<Job> job);
+  // Queues the Jobs, all or none. false (nothing queued) when the queue already holds Jobs and
+  // these would take it over max_queue; an empty queue takes any number. After shutdown() every
+  // Job gets its final event at once, with an error (and true is returned).
+  bool submit(std::span<const std::shared_ptr<Job>> jobs);
+  bool submit(std::shared_ptr<Job> job) { return submit(std::span(&job, 1)); }
   // Ends every queued and running Job with the error "the server is shutting down" and stops
   // the engine thread. Idempotent.
   void shutdown();
 
-  // Channel capacity that guarantees try_send never fails for a Job of this engine.
-  size_t channel_capacity() const { return static_cast<size_t>(engine_.n_ctx()) + 4; }
+  // Channel capacity that guarantees try_send never fails for these Jobs sharing one channel.
+  size_t channel_capacity(std::span<const std::shared_ptr<Job>> jobs) const;
+
+  SchedulerStats stats() const;
+  int parallel() const { return parallel_; }
+  size_t max_queue() const { return max_queue_; }
 
  private:
+  struct Slot {
+    std::unique_ptr<Session> session;
+    std::vector<int32_t> cached;  // the tokens in the Session's KV cache (size == n_past) when idle
+    uint64_t last_used = 0;       // loop round of its last Job, for LRU
+    bool busy = false;
+  };
   struct Running;
   void loop();
-  // One turn of a running Job; false when it has finished (or was cancelled).
-  bool step(Running& r);
+  // The idle slot for this Job (see "Prefix reuse" above); -1 if none is idle.
+  int pick_slot(const Job& job) const;
+  // One turn of a running generation Job: samples its next token (or takes the next chunk of its
+  // prompt, at most `budget` tokens) and leaves it in Running::pending for run_batch; false when
+  // it has finished (or was cancelled).
+  bool step(Running& r, int64_t& budget);
+  // Runs every Job's pending tokens in one Engine::decode_batch; a Job whose input the engine
+  // refuses is marked failed (with its error as final event), the others go on.
+  void run_batch(std::vector<std::unique_ptr<Running>>& running, std::vector<char>& more, std::vector<char>& failed);
+  static constexpr int64_t kMinPrefillChunk = 16;  // prompt tokens a step takes even when decodes fill its budget
+  bool step_embed(Running& r);
+  void publish_stats(size_t n_running);
 
   Engine& engine_;
   const Tokenizer& tok_;
-  std::vector<std::unique_ptr<Session>> free_sessions_;  // engine thread only (after start)
-  std::mutex mu_;
+  Metrics* metrics_;
+  const int parallel_;
+  const size_t max_queue_;
+  std::vector<Slot> slots_;  // engine thread only (after start)
+  uint64_t round_ = 0;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;  // guarded by mu_
   bool stopping_ = false;                   // guarded by mu_
+  std::atomic<int64_t> n_running_{0}, kv_running_{0}, kv_cached_{0};
   std::thread thread_;
 };
 

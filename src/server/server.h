@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace onebit::server {
 
@@ -20,12 +21,18 @@ struct ServerOptions {
   int64_t ctx = 0;           // context per request; 0 = model maximum, at most 4096
   int parallel = 4;          // requests generating at once (one Session each)
   int threads = 0;           // engine CPU threads, 0 = all
+  std::string device = "cpu";  // "cpu" or "cuda" (EngineOptions::device)
   int http_threads = 2;
   size_t body_limit = 1u << 20;
+  size_t max_queue = 0;      // requests waiting for a session before 429; 0 = 64 x parallel
+  double timeout_s = 30;     // a request's header and body must arrive within this; idle keep-alive too
+  std::vector<std::string> cors_origins;  // origins allowed by CORS ("*" = any); empty = no CORS headers
 };
 
-// Loads the model, serves until SIGINT or SIGTERM, then stops accepting, ends in-flight requests
-// and returns 0. Throws Error when the model cannot be loaded or the address cannot be bound.
+// Reads the model file, binds the address, then builds the engine while /health answers 503
+// (every other route too), serves until SIGINT or SIGTERM, then stops accepting, ends in-flight
+// requests and returns 0. Throws Error when the model cannot be read or loaded or the address
+// cannot be bound.
 int run_server(const ServerOptions& opts);
 
 }  // namespace onebit::server

@@ -4,8 +4,10 @@
 #  - the tokenizer gives the reference's token ids for the held-out excerpt (same sha256);
 #  - `1bit ppl` on the excerpt equals transformers' perplexity within 1%;
 #  - greedy continuations of the five reference prompts equal PyTorch's first 32 tokens.
+# Usage: default_model.sh 1BIT [cpu|cuda]. With cuda and no usable GPU it prints SKIPPED and exits 0.
 set -euo pipefail
 BIN="$1"
+DEVICE="${2:-cpu}"
 SRC="$(cd "$(dirname "$0")/../.." && pwd)"
 MODEL="$(ls "$SRC"/models/*.h1b | head -n 1)"
 REF="$SRC/tests/data/default_model/reference.json"
@@ -14,9 +16,17 @@ W="$(mktemp -d)"
 trap 'rm -rf "$W"' EXIT
 
 "$BIN" verify "$MODEL"
+if [ "$DEVICE" = cuda ]; then
+  if ! err="$("$BIN" run -m "$MODEL" -p "The" -n 1 --temp 0 --device cuda 2>&1 >/dev/null)"; then
+    case "$err" in
+      *"no CUDA"*) echo "SKIPPED: $err"; exit 0 ;;
+      *) echo "$err" >&2; exit 1 ;;
+    esac
+  fi
+fi
 
 "$BIN" tokenize -m "$MODEL" -f "$EXCERPT" > "$W/ids.json"
-"$BIN" ppl -m "$MODEL" -f "$EXCERPT" --ctx 512 --json > "$W/ppl.json"
+"$BIN" ppl -m "$MODEL" -f "$EXCERPT" --ctx 512 --json --device "$DEVICE" > "$W/ppl.json"
 python3 - "$REF" "$W/ids.json" "$W/ppl.json" <<'PY'
 import hashlib, json, sys
 ref = json.load(open(sys.argv[1]))["valid_excerpt"]
@@ -35,7 +45,7 @@ PY
 python3 -c 'import json,sys; [print(g["prompt"]) for g in json.load(open(sys.argv[1]))["greedy"]]' "$REF" > "$W/prompts.txt"
 i=0
 while IFS= read -r prompt; do
-  "$BIN" run -m "$MODEL" -p "$prompt" -n 32 --temp 0 > "$W/out$i.txt"
+  "$BIN" run -m "$MODEL" -p "$prompt" -n 32 --temp 0 --device "$DEVICE" > "$W/out$i.txt"
   i=$((i + 1))
 done < "$W/prompts.txt"
 python3 - "$REF" "$W" <<'PY'
@@ -53,4 +63,4 @@ for i, g in enumerate(ref):
         print(f"     reference {g['text']!r}")
 sys.exit(1 if bad else 0)
 PY
-echo "default model matches the PyTorch reference"
+echo "default model matches the PyTorch reference ($DEVICE)"

@@ -22,6 +22,14 @@ detail::WeightsView view(const PackedTernary& w) {
   return {w.data.data(), w.row_scales.data(), w.rows, w.cols, w.row_groups, w.blocks};
 }
 
+// Per-thread scratch for the AVX-512 many-row GEMM (unpacked weight tiles, lookup tables and
+// their accumulators; detail::gemm_scratch_bytes), grown to the largest request and kept.
+uint8_t* gemm_scratch(int64_t bytes) {
+  thread_local AlignedVector<uint8_t> buf;
+  if (static_cast<int64_t>(buf.size()) < bytes) buf.resize(static_cast<size_t>(bytes));
+  return buf.data();
+}
+
 void zero_padding(QuantizedActs& q, int64_t i) {
   std::memset(q.row(i) + q.cols(), 0, static_cast<size_t>(q.stride() - q.cols()));
 }
@@ -57,7 +65,17 @@ void ternary_gemm(const PackedTernary& w, const QuantizedActs& x, float* y, int6
   const detail::WeightsView wv = view(w);
   const detail::ActsView xv{x.row(0), x.stride(), x.scale.data(), x.sum.data(), x.rows()};
   if (pool == nullptr) pool = &ThreadPool::global();
-  pool->parallel_for(w.row_groups, 1, [&](int64_t g0, int64_t g1) { k.ternary_gemm(wv, xv, y, y_stride, g0, g1); });
+  if (x.rows() == 1) {
+    pool->parallel_for(w.row_groups, 1, [&](int64_t g0, int64_t g1) { k.ternary_gemm(wv, xv, y, y_stride, g0, g1, nullptr); });
+    return;
+  }
+  // Chunks of whole tiles, so each tile's weights are unpacked once; about two chunks per thread,
+  // since the AVX-512 kernel's lookup tables are built per chunk and pay off over many rows.
+  const int64_t tiles = (w.row_groups + detail::kGemmTileGroups - 1) / detail::kGemmTileGroups;
+  const int64_t per_chunk = std::max<int64_t>(1, tiles / (2 * int64_t{pool->num_threads()}));
+  pool->parallel_for(w.row_groups, per_chunk * detail::kGemmTileGroups, [&](int64_t g0, int64_t g1) {
+    k.ternary_gemm(wv, xv, y, y_stride, g0, g1, gemm_scratch(detail::gemm_scratch_bytes(wv, g1 - g0)));
+  });
 }
 
 void ternary_gemv(const PackedTernary& w, const QuantizedActs& x, float* y, ThreadPool* pool, Isa isa, int64_t n) {
@@ -68,7 +86,7 @@ void ternary_gemv(const PackedTernary& w, const QuantizedActs& x, float* y, Thre
   const detail::WeightsView wv = view(w);
   const detail::ActsView xv{x.row(n), x.stride(), &x.scale[n], &x.sum[n], 1};
   if (pool == nullptr) pool = &ThreadPool::global();
-  pool->parallel_for(w.row_groups, 1, [&](int64_t g0, int64_t g1) { k.ternary_gemm(wv, xv, y, 0, g0, g1); });
+  pool->parallel_for(w.row_groups, 1, [&](int64_t g0, int64_t g1) { k.ternary_gemm(wv, xv, y, 0, g0, g1, nullptr); });
 }
 
 void rmsnorm(const float* x, const float* weight, int64_t rows, int64_t cols, float eps, float* y, Isa isa) {
@@ -93,5 +111,13 @@ void relu2_mul(const float* gate, const float* up, int64_t n, float* out, Isa is
 float dot(const float* a, const float* b, int64_t n, Isa isa) { return table(isa).dot(a, b, n); }
 
 void axpy(float a, const float* x, float* y, int64_t n, Isa isa) { table(isa).axpy(a, x, y, n); }
+
+void dot_rows(const float* q, const float* k, int64_t k_stride, int64_t n_keys, int64_t d, float* out, Isa isa) {
+  if (n_keys > 0) table(isa).dot_rows(q, k, k_stride, n_keys, d, out);
+}
+
+void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys, int64_t d, float* out, Isa isa) {
+  if (n_keys > 0) table(isa).axpy_rows(p, v, v_stride, n_keys, d, out);
+}
 
 }  // namespace onebit::cpu

@@ -71,4 +71,13 @@ float dot(const float* a, const float* b, int64_t n, Isa isa = Isa::kAuto);
 // y[i] += a * x[i] (attention's weighted sum of values).
 void axpy(float a, const float* x, float* y, int64_t n, Isa isa = Isa::kAuto);
 
+// Attention over many keys at once (rows of k / v at a fixed stride), bit-identical to the loops
+// they replace, on every ISA:
+//   dot_rows:  out[j] = dot(q, k + j * k_stride, d)                 for j < n_keys
+//   axpy_rows: axpy(p[j], v + j * v_stride, out, d)                 for j = 0, 1, .. n_keys - 1 in order
+void dot_rows(const float* q, const float* k, int64_t k_stride, int64_t n_keys, int64_t d, float* out,
+              Isa isa = Isa::kAuto);
+void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys, int64_t d, float* out,
+               Isa isa = Isa::kAuto);
+
 }  // namespace onebit::cpu

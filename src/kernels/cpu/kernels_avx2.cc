@@ -89,7 +89,8 @@ void gemm_tail(const WeightsView& w, const ActsView& x, int64_t n0, int64_t rem,
   }
 }
 
-void ternary_gemm(const WeightsView& w, const ActsView& x, float* y, int64_t y_stride, int64_t g0, int64_t g1) {
+void ternary_gemm(const WeightsView& w, const ActsView& x, float* y, int64_t y_stride, int64_t g0, int64_t g1,
+                  uint8_t* /*scratch*/) {
   for (int64_t g = g0; g < g1; ++g) {
     int64_t n0 = 0;
     for (; n0 + kTile <= x.n; n0 += kTile) gemm_tile<kTile>(w, x, n0, y, y_stride, g);
@@ -261,10 +262,19 @@ void axpy(float a, const float* x, float* y, int64_t n) {
   }
 }
 
+// The attention loops over keys, written as the plain loops they must equal bit for bit.
+void dot_rows(const float* q, const float* k, int64_t k_stride, int64_t n_keys, int64_t d, float* out) {
+  for (int64_t j = 0; j < n_keys; ++j) out[j] = dot(q, k + j * k_stride, d);
+}
+
+void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys, int64_t d, float* out) {
+  for (int64_t j = 0; j < n_keys; ++j) axpy(p[j], v + j * v_stride, out, d);
+}
+
 }  // namespace
 
 const KernelTable kAvx2Kernels = {
-    ternary_gemm, quantize_row, rmsnorm, rmsnorm_quantize_row, relu2_mul, dot, axpy,
+    ternary_gemm, quantize_row, rmsnorm, rmsnorm_quantize_row, relu2_mul, dot, axpy, dot_rows, axpy_rows,
 };
 
 }  // namespace onebit::cpu::detail

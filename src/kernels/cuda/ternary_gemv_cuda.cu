@@ -12,16 +12,25 @@ std::vector<uint8_t> repack_for_cuda(const int8_t* codes, int64_t rows, int64_t 
                                 std::to_string(cols));
   const int64_t K = cuda_chunks(cols);
   std::vector<uint8_t> out(cuda_packed_bytes(rows, cols), 0x55);  // every field = code 1 (w = 0)
+  // The layout of cuda_weight_pos, one 16-byte chunk at a time: column 64k + 16j + 4i + b goes to
+  // byte 4j + b, bits 2i.
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) {
-      const int8_t w = codes[r * cols + c];
-      if (w < -1 || w > 1)
-        throw std::invalid_argument("repack_for_cuda: code " + std::to_string(w) + " at (" + std::to_string(r) +
-                                    ", " + std::to_string(c) + ") is not ternary");
-      size_t byte;
-      int shift;
-      cuda_weight_pos(K, r, c, &byte, &shift);
-      out[byte] = static_cast<uint8_t>((out[byte] & ~(3u << shift)) | (static_cast<unsigned>(w + 1) << shift));
+    const int8_t* row = codes + r * cols;
+    for (int64_t k = 0; k < K; ++k) {
+      uint8_t* chunk = out.data() + ((r / kRowsPerGroup) * K + k) * 128 + (r % kRowsPerGroup) * 16;
+      const int64_t c0 = k * kColsPerChunk, n = cols - c0 < kColsPerChunk ? cols - c0 : kColsPerChunk;
+      uint8_t bytes[16];
+      for (int e = 0; e < 16; ++e) bytes[e] = 0x55;
+      for (int64_t in = 0; in < n; ++in) {
+        const int8_t w = row[c0 + in];
+        if (w < -1 || w > 1)
+          throw std::invalid_argument("repack_for_cuda: code " + std::to_string(w) + " at (" + std::to_string(r) +
+                                      ", " + std::to_string(c0 + in) + ") is not ternary");
+        const int j = static_cast<int>(in >> 4), i = static_cast<int>((in >> 2) & 3), b = static_cast<int>(in & 3);
+        uint8_t& byte = bytes[4 * j + b];
+        byte = static_cast<uint8_t>((byte & ~(3u << (2 * i))) | (static_cast<unsigned>(w + 1) << (2 * i)));
+      }
+      for (int e = 0; e < 16; ++e) chunk[e] = bytes[e];
     }
   }
   return out;
@@ -106,15 +115,36 @@ constexpr int kPrefetch = 4;  // weight loads issued per thread before the first
 
 // Block = one row group (8 rows) x all K chunks; lane = 8*kk + rr handles row rr of chunks
 // k = 4*(warp + nwarps*t) + kk, t = 0, 1, ...
+// Up to kMaxGemvParts matrices of the same width that read the same activations (q/k/v, gate/up)
+// run as one launch: blocks [group_begin[m], group_begin[m + 1]) belong to matrix m.
+struct GemvPart {
+  const uint4* w;
+  const float* row_scale;
+  float* y;
+  int rows;
+  int group_begin;
+};
+struct GemvSet {
+  GemvPart p[kMaxGemvParts];
+  int count;
+};
+
 template <bool kPdl>
-__global__ void __launch_bounds__(1024) gemv_kernel(const uint4* __restrict__ w, const float* __restrict__ row_scale,
-                                                    int rows, int K, const int8_t* __restrict__ q,
-                                                    const float* __restrict__ scale, const int32_t* __restrict__ qsum,
-                                                    float* __restrict__ y) {
+__global__ void __launch_bounds__(1024) gemv_kernel(GemvSet set, int K, const int8_t* __restrict__ q,
+                                                    const float* __restrict__ scale, const int32_t* __restrict__ qsum) {
   __shared__ int red[32][kRowsPerGroup];
+  int m = 0;
+#pragma unroll
+  for (int i = 1; i < kMaxGemvParts; ++i)
+    if (i < set.count && static_cast<int>(blockIdx.x) >= set.p[i].group_begin) m = i;
+  const uint4* __restrict__ w = set.p[m].w;
+  const float* __restrict__ row_scale = set.p[m].row_scale;
+  float* __restrict__ y = set.p[m].y;
+  const int rows = set.p[m].rows;
+  const int group = static_cast<int>(blockIdx.x) - set.p[m].group_begin;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int rr = lane & 7, kk = lane >> 3;
-  const uint4* wg = w + static_cast<size_t>(blockIdx.x) * K * kRowsPerGroup + rr;
+  const uint4* wg = w + static_cast<size_t>(group) * K * kRowsPerGroup + rr;
   const int stride = 4 * nwarps;
   const int k0 = 4 * warp + kk;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -128,7 +158,7 @@ __global__ void __launch_bounds__(1024) gemv_kernel(const uint4* __restrict__ w,
   }
   // Row scales are constants like the weights: load them before the wait too; the activation
   // scale and sum right after it, so no dependent memory round trip is left after the reduction.
-  const int row = blockIdx.x * kRowsPerGroup + static_cast<int>(threadIdx.x);
+  const int row = group * kRowsPerGroup + static_cast<int>(threadIdx.x);
   const bool writer = threadIdx.x < kRowsPerGroup && row < rows;
   const float rsc = writer ? __ldg(row_scale + row) : 0.0f;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -204,35 +234,50 @@ cudaError_t quantize_activations(const float* x, int64_t cols, int8_t* q, float*
   return cudaGetLastError();
 }
 
-cudaError_t ternary_gemv(const uint8_t* w, const float* row_scale, int64_t rows, int64_t cols, const int8_t* q,
-                         const float* scale, const int32_t* qsum, float* y, cudaStream_t stream, GemvConfig cfg) {
-  if (!shape_ok(rows, cols) || cfg.chunks_per_thread < 1) return cudaErrorInvalidValue;
+cudaError_t ternary_gemv_multi(const GemvMatrix* mats, int count, int64_t cols, const int8_t* q, const float* scale,
+                               const int32_t* qsum, cudaStream_t stream, GemvConfig cfg) {
+  if (count < 1 || count > kMaxGemvParts || cfg.chunks_per_thread < 1 || cols <= 0 || cols >= kMaxCols)
+    return cudaErrorInvalidValue;
+  GemvSet set{};
+  set.count = count;
+  int64_t groups = 0;
+  for (int m = 0; m < count; ++m) {
+    if (!shape_ok(mats[m].rows, cols)) return cudaErrorInvalidValue;
+    set.p[m] = GemvPart{reinterpret_cast<const uint4*>(mats[m].w), mats[m].row_scale, mats[m].y,
+                        static_cast<int>(mats[m].rows), static_cast<int>(groups)};
+    groups += cuda_padded_rows(mats[m].rows) / kRowsPerGroup;
+    if (groups > (int64_t{1} << 30)) return cudaErrorInvalidValue;
+  }
   const int K = static_cast<int>(cuda_chunks(cols));
   const int per_warp = 4 * cfg.chunks_per_thread;
   int warps = (K + per_warp - 1) / per_warp;
   warps = warps < 1 ? 1 : (warps > 32 ? 32 : warps);
   cudaLaunchConfig_t lc = {};
-  lc.gridDim = dim3(static_cast<unsigned>(cuda_padded_rows(rows) / kRowsPerGroup));
+  lc.gridDim = dim3(static_cast<unsigned>(groups));
   lc.blockDim = dim3(32u * static_cast<unsigned>(warps));
   lc.dynamicSmemBytes = 0;
   lc.stream = stream;
   cudaLaunchAttribute attr[1];
-  const auto* wv = reinterpret_cast<const uint4*>(w);
-  const int r32 = static_cast<int>(rows);
   cudaError_t e;
   if (cfg.pdl) {
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     lc.attrs = attr;
     lc.numAttrs = 1;
-    e = cudaLaunchKernelEx(&lc, gemv_kernel<true>, wv, row_scale, r32, K, q, scale, qsum, y);
+    e = cudaLaunchKernelEx(&lc, gemv_kernel<true>, set, K, q, scale, qsum);
   } else {
     lc.attrs = nullptr;
     lc.numAttrs = 0;
-    e = cudaLaunchKernelEx(&lc, gemv_kernel<false>, wv, row_scale, r32, K, q, scale, qsum, y);
+    e = cudaLaunchKernelEx(&lc, gemv_kernel<false>, set, K, q, scale, qsum);
   }
   if (e != cudaSuccess) return e;
   return cudaGetLastError();
+}
+
+cudaError_t ternary_gemv(const uint8_t* w, const float* row_scale, int64_t rows, int64_t cols, const int8_t* q,
+                         const float* scale, const int32_t* qsum, float* y, cudaStream_t stream, GemvConfig cfg) {
+  const GemvMatrix m{w, row_scale, rows, y};
+  return ternary_gemv_multi(&m, 1, cols, q, scale, qsum, stream, cfg);
 }
 
 cudaError_t ternary_gemv_reference(const uint8_t* w, const float* row_scale, int64_t rows, int64_t cols,

@@ -76,6 +76,18 @@ cudaError_t ternary_gemv(const uint8_t* w, const float* row_scale, int64_t rows,
                          const float* scale, const int32_t* qsum, float* y, cudaStream_t stream,
                          GemvConfig cfg = {});
 
+// Several matrices of the same width `cols` applied to the same activations (q/k/v, gate/up) in
+// one launch: each as ternary_gemv would compute it (bit-identical). count <= kMaxGemvParts.
+inline constexpr int kMaxGemvParts = 3;
+struct GemvMatrix {
+  const uint8_t* w;
+  const float* row_scale;
+  int64_t rows;
+  float* y;
+};
+cudaError_t ternary_gemv_multi(const GemvMatrix* mats, int count, int64_t cols, const int8_t* q, const float* scale,
+                               const int32_t* qsum, cudaStream_t stream, GemvConfig cfg = {});
+
 // Plain reference: one thread per row, weights read through cuda_weight_pos, sum of signed
 // w * q directly (no qsum trick). Same output formula, so bit-identical to ternary_gemv.
 cudaError_t ternary_gemv_reference(const uint8_t* w, const float* row_scale, int64_t rows, int64_t cols,

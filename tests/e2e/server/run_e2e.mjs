@@ -30,7 +30,8 @@ const MODEL_ID = path.basename(model).replace(/\.[^.]*$/, "");
 
 // Starts `1bit serve --port 0 ...` and resolves with {proc, base, log()} once /health answers.
 async function startServer(extra = []) {
-  const proc = spawn(cli, ["serve", "-m", model, "--port", "0", "--parallel", "4", "-t", "2", ...extra], {
+  const defaults = extra.includes("--parallel") ? [] : ["--parallel", "4"];
+  const proc = spawn(cli, ["serve", "-m", model, "--port", "0", "-t", "2", ...defaults, ...extra], {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let stderr = "";
@@ -55,6 +56,10 @@ async function startServer(extra = []) {
         assert.deepEqual(await r.json(), { status: "ok" });
         break;
       }
+      // Still loading the model: 503 in OpenAI's error shape, with Retry-After.
+      assert.equal(r.status, 503);
+      assert.equal(r.headers.get("retry-after"), "1");
+      assert.equal((await r.json()).error.code, "model_loading");
     } catch (e) {
       if (i > 100) throw e;
     }
@@ -161,7 +166,9 @@ test("chat, stream: chunks concatenate to the non-stream answer; usage chunk", a
   assert.equal(created.size, 1);
   assert.equal(text, greedy.choices[0].message.content);
   assert.equal(finish, "length");
-  assert.deepEqual(usage, greedy.usage);
+  // Same counts; cached_tokens differs (this request reuses the previous one's prefix).
+  for (const k of ["prompt_tokens", "completion_tokens", "total_tokens"]) assert.equal(usage[k], greedy.usage[k]);
+  assert.equal(usage.prompt_tokens_details.cached_tokens, usage.prompt_tokens - 1);
 });
 
 test("seed makes sampling repeatable", async () => {
@@ -206,8 +213,13 @@ test("errors: bad JSON, missing/mistyped fields, unsupported, unknown route/mode
   await expectError(post(base, "/v1/chat/completions", { model: MODEL_ID }), 400, "messages");
   await expectError(post(base, "/v1/chat/completions", { messages: msgs, temperature: "hot" }), 400, "temperature");
   await expectError(post(base, "/v1/chat/completions", { messages: msgs, top_p: 7 }), 400, "top_p");
-  const n = await expectError(post(base, "/v1/chat/completions", { messages: msgs, n: 2 }), 400, "n");
-  assert.match(n.message, /not supported/);
+  await expectError(post(base, "/v1/chat/completions", { messages: msgs, n: 9 }), 400, "n");
+  await expectError(post(base, "/v1/chat/completions", { messages: msgs, top_logprobs: 2 }), 400, "top_logprobs");
+  await expectError(post(base, "/v1/completions", { prompt: "x", logprobs: 6 }), 400, "logprobs");
+  await expectError(post(base, "/v1/embeddings", { input: [] }), 400, "input");
+  await expectError(post(base, "/v1/embeddings", { input: [[1, 2, 1 << 30]] }), 400, "input");
+  await expectError(post(base, "/v1/embeddings", { input: "x", dimensions: 3 }), 400, "dimensions");
+  await expectError(post(base, "/v1/embeddings", { input: "x", model: "other" }), 404, "model");
   await expectError(post(base, "/v1/chat/completions", { messages: msgs, tools: [{ type: "function", function: { name: "f" } }] }), 400, "tools");
   await expectError(post(base, "/v1/chat/completions", { model: "gpt-4o", messages: msgs }), 404, "model");
   await expectError(fetch(`${base}/v1/nope`), 404);
@@ -252,6 +264,218 @@ test("a client that disconnects mid-stream does not disturb the server", async (
   assert.equal(r.choices[0].message.content, greedy.choices[0].message.content);
 });
 
+// ---- n > 1, logprobs, prefix reuse, embeddings, /props, /metrics ----
+
+test("prefix reuse: an identical request reuses the cached prompt and gives the same text", async () => {
+  // (Earlier tests may have evicted the greedy request's session: run it once more first.)
+  const ask = () => client.chat.completions.create({ model: MODEL_ID, messages: msgs, temperature: 0, max_tokens: 24 });
+  const first = await ask();
+  const r = await ask();
+  assert.equal(first.choices[0].message.content, greedy.choices[0].message.content);
+  assert.equal(r.choices[0].message.content, greedy.choices[0].message.content);
+  assert.equal(r.usage.prompt_tokens_details.cached_tokens, r.usage.prompt_tokens - 1);
+  // A follow-up turn extends the conversation: its prompt starts with the cached one.
+  const turn2 = [...msgs, { role: "assistant", content: r.choices[0].message.content }, { role: "user", content: "And then?" }];
+  const r2 = await client.chat.completions.create({ model: MODEL_ID, messages: turn2, temperature: 0, max_tokens: 4 });
+  assert.ok(r2.usage.prompt_tokens_details.cached_tokens >= r.usage.prompt_tokens, JSON.stringify(r2.usage));
+});
+
+test("n > 1, non-stream: n choices indexed 0..n-1, usage sums completion tokens", async () => {
+  const r = await client.chat.completions.create({ model: MODEL_ID, messages: msgs, temperature: 0, max_tokens: 10, n: 3 });
+  assert.deepEqual(r.choices.map((c) => c.index), [0, 1, 2]);
+  for (const c of r.choices) assert.equal(c.message.content, r.choices[0].message.content);  // greedy
+  assert.equal(r.usage.completion_tokens, 30);
+  assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + 30);
+  const c = await client.completions.create({ model: MODEL_ID, prompt: "The river", max_tokens: 5, n: 2, seed: 5 });
+  assert.deepEqual(c.choices.map((x) => x.index), [0, 1]);
+  assert.equal(c.usage.completion_tokens, 10);
+});
+
+test("n > 1 with a seed: choice i uses seed + i", async () => {
+  const ask = (seed, n) =>
+    client.chat.completions.create({ model: MODEL_ID, messages: msgs, temperature: 1, max_tokens: 12, seed, n });
+  const both = await ask(4242, 2);
+  const [a, b] = await Promise.all([ask(4242, 1), ask(4243, 1)]);
+  assert.equal(both.choices[0].message.content, a.choices[0].message.content);
+  assert.equal(both.choices[1].message.content, b.choices[0].message.content);
+  assert.deepEqual((await ask(4242, 2)).choices.map((c) => c.message.content), both.choices.map((c) => c.message.content));
+});
+
+test("n > 1, stream: every choice gets its role, content and finish; one usage chunk", async () => {
+  const stream = await client.chat.completions.create({
+    model: MODEL_ID, messages: msgs, temperature: 0.9, seed: 11, max_tokens: 8, n: 3, stream: true,
+    stream_options: { include_usage: true },
+  });
+  const text = ["", "", ""], finish = [null, null, null], roles = [0, 0, 0];
+  let usage = null;
+  let usageChunks = 0;
+  for await (const chunk of stream) {
+    if (chunk.usage) {
+      usage = chunk.usage;
+      usageChunks++;
+      continue;
+    }
+    assert.equal(chunk.choices.length, 1);
+    const c = chunk.choices[0];
+    if (c.delta.role) roles[c.index]++;
+    text[c.index] += c.delta.content ?? "";
+    if (c.finish_reason) finish[c.index] = c.finish_reason;
+  }
+  assert.deepEqual(roles, [1, 1, 1]);
+  assert.ok(finish.every((f) => f === "length" || f === "stop"), JSON.stringify(finish));
+  assert.equal(usageChunks, 1);
+  const r = await client.chat.completions.create({ model: MODEL_ID, messages: msgs, temperature: 0.9, seed: 11, max_tokens: 8, n: 3 });
+  assert.deepEqual(text, r.choices.map((c) => c.message.content));
+  assert.equal(usage.completion_tokens, r.usage.completion_tokens);
+});
+
+test("chat logprobs + top_logprobs (non-stream and stream agree)", async () => {
+  const req = { model: MODEL_ID, messages: msgs, temperature: 0, max_tokens: 12, logprobs: true, top_logprobs: 5 };
+  const r = await client.chat.completions.create(req);
+  const content = r.choices[0].logprobs.content;
+  assert.equal(content.length, r.usage.completion_tokens);
+  assert.equal(content.map((t) => t.token).join(""), r.choices[0].message.content);
+  for (const t of content) {
+    assert.ok(t.logprob <= 0);
+    assert.deepEqual(t.bytes, [...Buffer.from(t.token, "utf8")]);
+    assert.equal(t.top_logprobs.length, 5);
+    assert.equal(t.top_logprobs[0].token, t.token);  // greedy: the chosen is the most likely
+    assert.equal(t.top_logprobs[0].logprob, t.logprob);
+    for (let i = 1; i < 5; ++i) assert.ok(t.top_logprobs[i].logprob <= t.top_logprobs[i - 1].logprob);
+  }
+  const stream = await client.chat.completions.create({ ...req, stream: true });
+  const streamed = [];
+  for await (const chunk of stream) streamed.push(...(chunk.choices[0]?.logprobs?.content ?? []));
+  assert.deepEqual(streamed, content);
+  const none = await client.chat.completions.create({ model: MODEL_ID, messages: msgs, max_tokens: 2 });
+  assert.equal(none.choices[0].logprobs, null);
+  const noTop = await client.chat.completions.create({ ...req, top_logprobs: undefined, max_tokens: 3 });
+  assert.deepEqual(noTop.choices[0].logprobs.content.map((t) => t.top_logprobs.length), [0, 0, 0]);
+});
+
+test("completions logprobs (legacy shape), stream and not", async () => {
+  const req = { model: MODEL_ID, prompt: "The old city by the river", temperature: 0, max_tokens: 8, logprobs: 3 };
+  const r = await client.completions.create(req);
+  const lp = r.choices[0].logprobs;
+  assert.equal(lp.tokens.length, r.usage.completion_tokens);
+  assert.equal(lp.tokens.join(""), r.choices[0].text);
+  assert.equal(lp.token_logprobs.length, lp.tokens.length);
+  let off = 0;
+  lp.tokens.forEach((t, i) => {
+    assert.equal(lp.text_offset[i], off);
+    off += Buffer.byteLength(t);
+    assert.equal(Object.keys(lp.top_logprobs[i]).length <= 3, true);
+    assert.equal(lp.top_logprobs[i][t], lp.token_logprobs[i]);
+  });
+  const stream = await client.completions.create({ ...req, stream: true });
+  const tokens = [], offsets = [];
+  for await (const chunk of stream) {
+    const l = chunk.choices[0]?.logprobs;
+    if (l) tokens.push(...l.tokens), offsets.push(...l.text_offset);
+  }
+  assert.deepEqual(tokens, lp.tokens);
+  assert.deepEqual(offsets, lp.text_offset);
+});
+
+test("embeddings: string, strings, token ids; float and base64 agree; unit norm", async () => {
+  const props = await (await fetch(`${base}/props`)).json();
+  const one = await client.embeddings.create({ model: MODEL_ID, input: "The old city by the river", encoding_format: "float" });
+  assert.equal(one.object, "list");
+  assert.equal(one.data.length, 1);
+  const v = one.data[0].embedding;
+  assert.equal(v.length, props.hidden_size);
+  assert.ok(Math.abs(Math.hypot(...v) - 1) < 1e-4);
+  assert.ok(one.usage.prompt_tokens > 3);
+  assert.equal(one.usage.total_tokens, one.usage.prompt_tokens);
+  // The client asks for base64 by default and decodes it.
+  const many = await client.embeddings.create({ model: MODEL_ID, input: ["Stocks fell sharply", "The old city by the river"] });
+  assert.deepEqual(many.data.map((d) => d.index), [0, 1]);
+  many.data[1].embedding.forEach((x, i) => assert.ok(Math.abs(x - v[i]) < 1e-6));
+  const cos = many.data[0].embedding.reduce((s, x, i) => s + x * v[i], 0);
+  assert.ok(cos < 0.9999, "different texts give different vectors");
+  const ids = (await (await post(base, "/tokenize", { content: "The old city by the river", add_special: true })).json()).tokens;
+  const byIds = await client.embeddings.create({ model: MODEL_ID, input: ids, encoding_format: "float" });
+  assert.deepEqual(byIds.data[0].embedding, v);
+  const nested = await client.embeddings.create({ model: MODEL_ID, input: [ids, ids.slice(0, 3)], encoding_format: "float" });
+  assert.deepEqual(nested.data[0].embedding, v);
+  assert.equal(nested.usage.prompt_tokens, ids.length + 3);
+});
+
+test("GET /props and /health", async () => {
+  const p = await (await fetch(`${base}/props`)).json();
+  assert.equal(p.model, MODEL_ID);
+  assert.equal(p.n_ctx, 512);
+  assert.equal(p.parallel, 4);
+  assert.equal(p.max_queue, 256);
+  assert.equal(typeof p.chat_template, "string");
+  assert.equal(p.bos_token, "<|begin_of_text|>");
+  assert.equal(p.eos_token_id, 1);
+  assert.equal(p.build.version, "0.1.0");
+  assert.deepEqual(await (await fetch(`${base}/health`)).json(), { status: "ok" });
+});
+
+// Reads /metrics into {"name{labels}": value}.
+async function scrape(b = base) {
+  const res = await fetch(`${b}/metrics`);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type"), /^text\/plain; version=0\.0\.4/);
+  const out = {};
+  for (const line of (await res.text()).split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const m = /^(\S+) (\S+)$/.exec(line);
+    assert.ok(m, `bad metrics line: ${line}`);
+    out[m[1]] = Number(m[2]);
+  }
+  return out;
+}
+
+test("GET /metrics counts requests, tokens, latencies and prefix hits", async () => {
+  const before = await scrape();
+  const r = await client.completions.create({ model: MODEL_ID, prompt: "Metrics prompt here", temperature: 0, max_tokens: 7 });
+  const after = await scrape();
+  const d = (k) => (after[k] ?? 0) - (before[k] ?? 0);
+  assert.equal(d('onebit_requests_total{route="/v1/completions",status="200"}'), 1);
+  assert.equal(d('onebit_requests_total{route="/metrics",status="200"}'), 1);
+  assert.equal(d("onebit_generated_tokens_total"), r.usage.completion_tokens);
+  assert.equal(d("onebit_prompt_tokens_total"), r.usage.prompt_tokens);
+  assert.equal(d('onebit_time_to_first_token_seconds_bucket{le="+Inf"}'), 1);
+  // One latency per sampled token after the first (a stop token is sampled too, not counted).
+  const sampled = r.usage.completion_tokens + (r.choices[0].finish_reason === "stop" ? 1 : 0);
+  assert.equal(d("onebit_inter_token_latency_seconds_count"), sampled - 1);
+  assert.ok(after["onebit_prefix_cache_hit_ratio"] > 0 && after["onebit_prefix_cache_hit_ratio"] < 1);
+  assert.equal(after["onebit_running_sequences"], 0);
+  assert.equal(after["onebit_queue_depth"], 0);
+  assert.equal(after["onebit_kv_positions_total"], 4 * 512);
+  assert.ok(after['onebit_kv_positions{state="cached"}'] > 0);
+  assert.ok(after["onebit_kv_usage_ratio"] > 0 && after["onebit_kv_usage_ratio"] <= 1);
+  assert.ok(after['onebit_requests_total{route="/v1/chat/completions",status="400"}'] >= 1);
+});
+
+test("abort mid-stream (official client): the sequence is freed at once", async () => {
+  const ac = new AbortController();
+  const stream = await client.completions.create(
+    { model: MODEL_ID, prompt: "The river", max_tokens: 480, stream: true, logit_bias: { 0: -100, 1: -100, 2: -100 } },
+    { signal: ac.signal },
+  );
+  let chunks = 0;
+  const before = await scrape();
+  for await (const _ of stream) {
+    if (++chunks === 3) {
+      ac.abort();
+      break;
+    }
+  }
+  let m;
+  for (let i = 0; i < 100; ++i) {
+    m = await scrape();
+    if (m["onebit_running_sequences"] === 0) break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.equal(m["onebit_running_sequences"], 0);
+  assert.equal(m['onebit_kv_positions{state="running"}'], 0);
+  assert.ok(m["onebit_generated_tokens_total"] - before["onebit_generated_tokens_total"] < 400, "generation went on after the abort");
+});
+
 async function main() {
   const t0 = Date.now();
   let failed = 0;
@@ -289,7 +513,47 @@ async function main() {
   }
   await stopServer(keyed);
 
-  console.log(`${tests.length + 2 - failed} passed, ${failed} failed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  // --max-queue: with one session busy and one request waiting, the next gets 429 + Retry-After.
+  const small = await startServer(["--parallel", "1", "--max-queue", "1"]);
+  try {
+    const long = { prompt: "The river", max_tokens: 400, stream: true, logit_bias: { 0: -100, 1: -100, 2: -100 } };
+    const ac = new AbortController();
+    const first = await fetch(`${small.base}/v1/completions`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(long), signal: ac.signal,
+    });
+    const reader = first.body.getReader();
+    await reader.read();  // running: the queue is empty
+    const second = fetch(`${small.base}/v1/completions`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ ...long, stream: false, max_tokens: 3 }),
+    });
+    let m;
+    for (let i = 0; i < 200; ++i) {
+      m = await scrape(small.base);
+      if (m["onebit_queue_depth"] === 1) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.equal(m["onebit_queue_depth"], 1);
+    const res = await post(small.base, "/v1/completions", { prompt: "x", max_tokens: 2 });
+    assert.equal(res.status, 429);
+    assert.equal(res.headers.get("retry-after"), "1");
+    const body = await res.json();
+    assert.equal(body.error.code, "rate_limit_exceeded");
+    const c = new OpenAI({ baseURL: `${small.base}/v1`, apiKey: "x", maxRetries: 0 });
+    await assert.rejects(c.completions.create({ model: MODEL_ID, prompt: "x", max_tokens: 2 }), (e) => e.status === 429);
+    ac.abort();  // frees the session: the waiting request runs
+    const r2 = await second;
+    assert.equal(r2.status, 200);
+    assert.equal((await r2.json()).usage.completion_tokens, 3);
+    m = await scrape(small.base);
+    assert.equal(m['onebit_requests_total{route="/v1/completions",status="429"}'], 2);
+    console.log("ok   --max-queue: 429 with Retry-After when the queue is full");
+  } catch (e) {
+    failed++;
+    console.log(`FAIL --max-queue\n${e.stack ?? e}`);
+  }
+  await stopServer(small);
+
+  console.log(`${tests.length + 3 - failed} passed, ${failed} failed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   if (failed) {
     console.log("--- server log ---\n" + srv.log());
     process.exit(1);

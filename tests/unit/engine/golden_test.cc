@@ -18,6 +18,7 @@
 #include "core/base/ternary_packing.h"
 #include "core/formats/safetensors.h"
 #include "bitnet_testdata.h"
+#include "engine/cuda_backend.h"
 #include "engine/engine.h"
 
 namespace onebit {
@@ -70,13 +71,18 @@ struct Errors {
 //     tolerance (a smaller margin is within what a float32 rounding flip can move);
 //  3. free-running greedy decoding for 32 steps equal to the golden continuation up to the first
 //     such ambiguous step (all 32 when there is none).
-void run_golden(const std::string& tag, bool reference) {
-  SCOPED_TRACE(tag + (reference ? " (reference backend)" : " (fast backend)"));
+enum class Which { kFast, kReference, kCuda };
+const char* which_name(Which w) { return w == Which::kFast ? "fast" : (w == Which::kReference ? "reference" : "cuda"); }
+
+void run_golden(const std::string& tag, Which which) {
+  const bool reference = which == Which::kReference;
+  SCOPED_TRACE(tag + " (" + which_name(which) + " backend)");
   const nlohmann::json g = testdata::read_json(testdata::golden_dir() / (tag + ".golden.json"));
   std::unique_ptr<testdata::TempDir> tmp;
   std::unique_ptr<Model> model = testdata::load_golden_model(tag, g, tmp);
   EngineOptions opts;
   opts.reference = reference;
+  opts.device = which == Which::kCuda ? Device::kCuda : Device::kCpu;
   opts.n_ctx = 64;
   auto engine = Engine::load(*model, opts);
   const int64_t vocab = engine->n_vocab();
@@ -130,14 +136,14 @@ void run_golden(const std::string& tag, bool reference) {
     while (agree < gen.size() && gen[agree] == want_gen[agree]) ++agree;
     std::printf("[golden] %-24s %-9s prompt %d: max|diff| prompt %.3g, all %.3g (max|logit| %.3g, rel %.2g); "
                 "greedy %zu/%zu agree, %zu ambiguous steps\n",
-                tag.c_str(), reference ? "reference" : "fast", p_index, prompt_err, e.max_abs, e.max_ref,
+                tag.c_str(), which_name(which), p_index, prompt_err, e.max_abs, e.max_ref,
                 e.max_abs / e.max_ref, agree, want_gen.size(), ambiguous);
     EXPECT_GE(agree, first_ambiguous) << "greedy continuation differs before any ambiguous step";
     ++p_index;
   }
   const double median = all.median();
-  std::printf("[golden] %-24s %-9s median position max|diff| %.3g (rel %.2g)\n", tag.c_str(),
-              reference ? "reference" : "fast", median, median / all.max_ref);
+  std::printf("[golden] %-24s %-9s median position max|diff| %.3g (rel %.2g)\n", tag.c_str(), which_name(which),
+              median, median / all.max_ref);
   EXPECT_LE(median, median_rel(tag) * all.max_ref) << "most positions should match the reference exactly";
 }
 
@@ -147,19 +153,26 @@ TEST(Golden, FilesArePresent) {
 }
 
 TEST(Golden, EveryGoldenFast) {
-  for (const auto& tag : testdata::golden_tags()) run_golden(tag, false);
+  for (const auto& tag : testdata::golden_tags()) run_golden(tag, Which::kFast);
+}
+
+// The same goldens on the GPU (skipped where there is none or the build has no CUDA).
+TEST(Golden, EveryGoldenCuda) {
+  std::string why;
+  if (!cuda_available(&why)) GTEST_SKIP() << "SKIPPED: CUDA golden check: " << why;
+  for (const auto& tag : testdata::golden_tags()) run_golden(tag, Which::kCuda);
 }
 
 TEST(Golden, EveryGoldenReference) {
   for (const auto& tag : testdata::golden_tags()) {
     if (getenv("ONEBIT_GOLDEN_ALL")) {
-      run_golden(tag, true);
+      run_golden(tag, Which::kReference);
       continue;
     }
     // The scalar reference is slow on the 2B-4T-shaped layers; the fast backend is compared with
     // it there in engine_test.cc instead.
     if (!tag.starts_with("tiny-")) continue;
-    run_golden(tag, true);
+    run_golden(tag, Which::kReference);
   }
 }
 

@@ -102,6 +102,14 @@ TEST(ApiChat, ErrorsNameTheField) {
       {R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"abc": 1}})", "logit_bias"},
       {R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 101}})", "logit_bias"},
       {R"({"messages": [{"role": "user", "content": "x"}], "model": 7})", "model"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "n": 0})", "n"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "n": 9})", "n"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "n": "2"})", "n"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 1})", "logprobs"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3})", "top_logprobs"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": false, "top_logprobs": 3})", "top_logprobs"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})", "top_logprobs"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": -1})", "top_logprobs"},
   };
   for (const Case& c : cases) {
     const ApiError e = chat_error(c.body);
@@ -114,9 +122,6 @@ TEST(ApiChat, ErrorsNameTheField) {
 
 TEST(ApiChat, UnsupportedFieldsSaySo) {
   const char* cases[][2] = {
-      {R"({"messages": [{"role": "user", "content": "x"}], "n": 2})", "n"},
-      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", "logprobs"},
-      {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3})", "top_logprobs"},
       {R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})", "tools"},
       {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})", "response_format"},
       {R"({"messages": [{"role": "tool", "content": "x"}]})", "messages[0].role"},
@@ -128,6 +133,114 @@ TEST(ApiChat, UnsupportedFieldsSaySo) {
     EXPECT_EQ(e.param(), c[1]) << c[0];
     EXPECT_NE(std::string(e.what()).find("not supported"), std::string::npos) << e.what();
   }
+}
+
+TEST(ApiChat, ChoicesAndLogprobs) {
+  const GenerationRequest d = parse_chat_request(R"({"messages": [{"role": "user", "content": "x"}]})");
+  EXPECT_EQ(d.n, 1);
+  EXPECT_FALSE(d.logprobs);
+  EXPECT_EQ(d.sampling.n_logprobs, 0);
+  const GenerationRequest r = parse_chat_request(
+      R"({"messages": [{"role": "user", "content": "x"}], "n": 8, "logprobs": true, "top_logprobs": 20})");
+  EXPECT_EQ(r.n, 8);
+  EXPECT_TRUE(r.logprobs);
+  EXPECT_EQ(r.sampling.n_logprobs, 20);
+  const GenerationRequest only = parse_chat_request(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})");
+  EXPECT_TRUE(only.logprobs);
+  EXPECT_EQ(only.sampling.n_logprobs, 0);
+}
+
+TEST(ApiCompletion, LegacyLogprobs) {
+  const GenerationRequest r = parse_completion_request(R"({"prompt": "x", "logprobs": 5, "n": 3})");
+  EXPECT_TRUE(r.logprobs);
+  EXPECT_EQ(r.sampling.n_logprobs, 5);
+  EXPECT_EQ(r.n, 3);
+  const GenerationRequest z = parse_completion_request(R"({"prompt": "x", "logprobs": 0})");
+  EXPECT_TRUE(z.logprobs);
+  EXPECT_EQ(z.sampling.n_logprobs, 0);
+  EXPECT_FALSE(parse_completion_request(R"({"prompt": "x", "logprobs": null})").logprobs);
+  for (const char* body : {R"({"prompt": "x", "logprobs": 6})", R"({"prompt": "x", "logprobs": true})",
+                           R"({"prompt": "x", "logprobs": -1})", R"({"prompt": "x", "logprobs": 1.5})"}) {
+    const ApiError e = error_of(parse_completion_request, body);
+    EXPECT_EQ(e.status(), 400) << body;
+    EXPECT_EQ(e.param(), "logprobs") << body;
+  }
+  EXPECT_EQ(error_of(parse_completion_request, R"({"prompt": "x", "top_logprobs": 2})").param(), "top_logprobs");
+}
+
+TEST(ApiEmbeddings, InputForms) {
+  EmbeddingRequest r = parse_embedding_request(R"({"input": "hello", "model": "m"})");
+  ASSERT_EQ(r.inputs.size(), 1u);
+  EXPECT_FALSE(r.inputs[0].is_tokens);
+  EXPECT_EQ(r.inputs[0].text, "hello");
+  EXPECT_EQ(r.model, "m");
+  EXPECT_FALSE(r.base64);
+
+  r = parse_embedding_request(R"({"input": ["a", "b", "c"], "encoding_format": "base64"})");
+  ASSERT_EQ(r.inputs.size(), 3u);
+  EXPECT_EQ(r.inputs[2].text, "c");
+  EXPECT_TRUE(r.base64);
+
+  r = parse_embedding_request(R"({"input": [5, 6, 7]})");
+  ASSERT_EQ(r.inputs.size(), 1u);
+  EXPECT_TRUE(r.inputs[0].is_tokens);
+  EXPECT_EQ(r.inputs[0].tokens, (std::vector<int32_t>{5, 6, 7}));
+
+  r = parse_embedding_request(R"({"input": [[1, 2], [3]], "dimensions": 512, "encoding_format": "float"})");
+  ASSERT_EQ(r.inputs.size(), 2u);
+  EXPECT_EQ(r.inputs[1].tokens, (std::vector<int32_t>{3}));
+  EXPECT_EQ(r.dimensions, 512);
+
+  r = parse_embedding_request(R"({"input": ["text", [9, 8]]})");  // mixed lists are fine, item by item
+  ASSERT_EQ(r.inputs.size(), 2u);
+  EXPECT_FALSE(r.inputs[0].is_tokens);
+  EXPECT_TRUE(r.inputs[1].is_tokens);
+}
+
+TEST(ApiEmbeddings, ErrorsNameTheField) {
+  const char* cases[][2] = {
+      {R"({})", "input"},
+      {R"({"input": null})", "input"},
+      {R"({"input": 5})", "input"},
+      {R"({"input": ""})", "input"},
+      {R"({"input": []})", "input"},
+      {R"({"input": [[]]})", "input"},
+      {R"({"input": ["ok", ""]})", "input"},
+      {R"({"input": [1, -2]})", "input"},
+      {R"({"input": [1, "a"]})", "input"},
+      {R"({"input": ["a", 1]})", "input"},
+      {R"({"input": [1.5]})", "input"},
+      {R"({"input": [{"text": "a"}]})", "input"},
+      {R"({"input": "a", "encoding_format": "binary"})", "encoding_format"},
+      {R"({"input": "a", "encoding_format": 1})", "encoding_format"},
+      {R"({"input": "a", "dimensions": 0})", "dimensions"},
+      {R"({"input": "a", "model": 1})", "model"},
+  };
+  for (const auto& c : cases) {
+    try {
+      parse_embedding_request(c[0]);
+      ADD_FAILURE() << "expected an ApiError for " << c[0];
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status(), 400) << c[0];
+      EXPECT_EQ(e.param(), c[1]) << c[0] << ": " << e.what();
+    }
+  }
+  std::string many = R"({"input": [)";
+  for (size_t i = 0; i <= EmbeddingRequest::kMaxInputs; ++i) many += i ? ",\"x\"" : "\"x\"";
+  many += "]}";
+  EXPECT_THROW(parse_embedding_request(many), ApiError);
+  EXPECT_THROW(parse_embedding_request("{not json"), ApiError);
+}
+
+TEST(ApiBase64, Rfc4648Vectors) {
+  EXPECT_EQ(base64_encode(""), "");
+  EXPECT_EQ(base64_encode("f"), "Zg==");
+  EXPECT_EQ(base64_encode("fo"), "Zm8=");
+  EXPECT_EQ(base64_encode("foo"), "Zm9v");
+  EXPECT_EQ(base64_encode("foob"), "Zm9vYg==");
+  EXPECT_EQ(base64_encode("fooba"), "Zm9vYmE=");
+  EXPECT_EQ(base64_encode("foobar"), "Zm9vYmFy");
+  EXPECT_EQ(base64_encode(std::string("\xff\xfe\x00", 3)), "//4A");
 }
 
 TEST(ApiCompletion, PromptAndDefaults) {

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Copies the CUDA-enabled binaries of build/default (stripped) and the shared libraries they need
+# that the GPU machine lacks into .devbin/ (ignored by git), for bench/cuda/engine_on_device.sh.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+B=build/default
+rm -rf .devbin && mkdir -p .devbin/lib
+for b in 1bit tests/test_engine tests/test_cuda_ops_check tests/test_cuda_ternary_gemv_check; do
+  strip -o ".devbin/$(basename "$b")" "$B/$b"
+done
+for lib in libfmt.so.9 libpcre2-8.so.0 libcudart.so.13; do
+  path="$(ldd "$B/tests/test_engine" | awk -v l="$lib" '$1 == l {print $3}')"
+  [ -n "$path" ] && cp -L "$path" .devbin/lib/
+done
+du -sh .devbin

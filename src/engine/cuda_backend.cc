@@ -1,0 +1,568 @@
+#include "engine/cuda_backend.h"
+
+#include "core/base/error.h"
+
+#if ONEBIT_HAVE_CUDA
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <vector>
+
+#include "core/base/ternary_packing.h"
+#include "engine/cpu_backend.h"  // dense_row_to_f32
+#include "engine/rope_tables.h"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/ternary_gemv_cuda.h"
+
+namespace onebit {
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA: {} failed: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+// Token ids one pass may carry (the device copy of begin_forward's ids is allocated once, at this
+// size, so recorded graphs never see it move).
+constexpr int64_t kMaxPassTokens = 1 << 16;
+
+struct DevTernary {
+  uint8_t* w = nullptr;
+  float* row_scale = nullptr;
+  int64_t rows = 0, cols = 0;
+};
+
+struct DevDense {
+  void* w = nullptr;  // as stored (F32/F16/BF16) or converted to F32 (Q8_0)
+  cuda::DenseType type = cuda::DenseType::kF32;
+  int64_t rows = 0, cols = 0;
+  bool int8 = false;  // add_dense_int8: q [rows][cuda_act_len(cols)] and d [rows]
+  int8_t* q = nullptr;
+  float* d = nullptr;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend() {
+    std::string why;
+    if (!cuda_available(&why)) fail("{}", why);
+    check(cudaSetDevice(0), "cudaSetDevice");
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+    if (prop.major < 8) fail("CUDA device {} has compute capability {}.{}; 1bit needs 8.0 or newer", prop.name, prop.major, prop.minor);
+    pdl_ = prop.major >= 9;
+    const char* g = std::getenv("ONEBIT_CUDA_GRAPHS");
+    use_graphs_ = !(g != nullptr && std::string_view(g) == "0");
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaMalloc(&d_params_, static_cast<size_t>(kMaxPassTokens + 1) * 4), "cudaMalloc");
+    check(cudaMallocHost(&h_params_, static_cast<size_t>(kMaxPassTokens + 1) * 4), "cudaMallocHost");
+  }
+
+  ~CudaBackend() override {
+    drop_graphs();
+    cudaStreamSynchronize(stream_);
+    for (void* p : owned_) cudaFree(p);
+    cudaFree(d_params_);
+    cudaFreeHost(h_params_);
+    cudaFree(attn_scratch_);
+    cudaFree(d_logits_);
+    cudaFree(head_q_.codes);
+    cudaFree(head_q_.scales);
+    cudaFree(head_q_.sums);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string_view name() const override { return "cuda"; }
+  size_t weight_bytes() const override { return weight_bytes_; }
+  bool supports_multi_sequence() const override { return false; }
+
+  // ---- weights ----
+  WeightHandle add_ternary(const Tensor& t) override {
+    TernaryMatrix m = unpack_ternary(t);
+    if (m.scales.size() != 1 && static_cast<int64_t>(m.scales.size()) != m.rows)
+      fail("tensor {}: {} scales for {} rows", t.name, m.scales.size(), m.rows);
+    std::vector<uint8_t> packed;
+    try {
+      packed = cuda::repack_for_cuda(m.codes.data(), m.rows, m.cols);
+    } catch (const std::invalid_argument& e) {
+      fail("tensor {}: {}", t.name, e.what());
+    }
+    std::vector<float> rs(static_cast<size_t>(m.rows));
+    for (int64_t r = 0; r < m.rows; ++r) rs[static_cast<size_t>(r)] = m.scales.size() == 1 ? m.scales[0] : m.scales[static_cast<size_t>(r)];
+    DevTernary w;
+    w.w = static_cast<uint8_t*>(upload(packed.data(), packed.size()));
+    w.row_scale = static_cast<float*>(upload(rs.data(), rs.size() * 4));
+    weight_bytes_ += packed.size() + rs.size() * 4;
+    w.rows = m.rows;
+    w.cols = m.cols;
+    ternary_.push_back(w);
+    return {static_cast<int32_t>(ternary_.size() - 1), m.rows, m.cols};
+  }
+
+  WeightHandle add_norm(const Tensor& t) override {
+    std::vector<float> w = dequantize(t);
+    norms_.push_back(static_cast<float*>(upload(w.data(), w.size() * 4)));
+    weight_bytes_ += w.size() * 4;
+    return {static_cast<int32_t>(norms_.size() - 1), 1, static_cast<int64_t>(w.size())};
+  }
+
+  WeightHandle add_dense(const Tensor& t) override {
+    if (t.shape.size() != 2) fail("tensor {}: expected a matrix, has shape {}", t.name, t.shape_str());
+    DevDense d;
+    d.rows = t.rows();
+    d.cols = t.cols();
+    size_t esize = 0;
+    switch (t.packing) {
+      case Packing::kF32: d.type = cuda::DenseType::kF32; esize = 4; break;
+      case Packing::kF16: d.type = cuda::DenseType::kF16; esize = 2; break;
+      case Packing::kBF16: d.type = cuda::DenseType::kBF16; esize = 2; break;
+      default: break;
+    }
+    if (esize != 0) {
+      const size_t bytes = static_cast<size_t>(d.rows * d.cols) * esize;
+      if (t.data.size() < bytes)
+        fail("tensor {}: {} {} needs {} bytes, has {}", t.name, packing_name(t.packing), t.shape_str(), bytes, t.data.size());
+      d.w = upload(t.data.data(), bytes);
+    } else {
+      if (t.packing != Packing::kQ8_0)
+        fail("tensor {}: packing {} is not supported for a dense matrix", t.name, packing_name(t.packing));
+      std::vector<float> f(static_cast<size_t>(d.rows * d.cols));
+      for (int64_t r = 0; r < d.rows; ++r) dense_row_to_f32(t, r, f.data() + r * d.cols);
+      d.type = cuda::DenseType::kF32;
+      d.w = upload(f.data(), f.size() * 4);
+    }
+    dense_.push_back(d);
+    return {static_cast<int32_t>(dense_.size() - 1), d.rows, d.cols};
+  }
+
+  WeightHandle add_dense_int8(const Tensor& t) override {
+    if (t.shape.size() != 2) fail("tensor {}: expected a matrix, has shape {}", t.name, t.shape_str());
+    const int64_t rows = t.rows(), cols = t.cols();
+    if (cols >= cuda::kMaxCols) fail("tensor {}: {} columns are too many for the CUDA int8 LM head", t.name, cols);
+    const int64_t stride = cuda::cuda_act_len(cols);
+    std::vector<int8_t> q(static_cast<size_t>(rows * stride), 0);
+    std::vector<float> dv(static_cast<size_t>(rows), 0.0f), f(static_cast<size_t>(cols));
+    // The CPU backend's per-row quantization (backend.h), so both heads hold the same codes.
+    for (int64_t r = 0; r < rows; ++r) {
+      dense_row_to_f32(t, r, f.data());
+      float amax = 0.0f;
+      for (float v : f) amax = std::max(amax, std::fabs(v));
+      if (!std::isfinite(amax)) fail("tensor {}: row {} has a non-finite value, cannot make an int8 LM head", t.name, r);
+      if (amax == 0.0f) continue;
+      const float d = amax / 127.0f;
+      int8_t* qr = q.data() + r * stride;
+      for (int64_t c = 0; c < cols; ++c)
+        qr[c] = static_cast<int8_t>(std::clamp(std::nearbyint(f[static_cast<size_t>(c)] / d), -127.0f, 127.0f));
+      dv[static_cast<size_t>(r)] = d;
+    }
+    DevDense dd;
+    dd.rows = rows;
+    dd.cols = cols;
+    dd.int8 = true;
+    dd.q = static_cast<int8_t*>(upload(q.data(), q.size()));
+    dd.d = static_cast<float*>(upload(dv.data(), dv.size() * 4));
+    weight_bytes_ += q.size() + dv.size() * 4;
+    dense_.push_back(dd);
+    return {static_cast<int32_t>(dense_.size() - 1), rows, cols};
+  }
+
+  void init_rope(int64_t head_dim, double theta, int64_t n_pos) override {
+    const RopeTables t = make_rope_tables(head_dim, theta, n_pos);
+    head_dim_ = head_dim;
+    n_pos_ = n_pos;
+    cos_ = static_cast<float*>(upload(t.cos.data(), t.cos.size() * 4));
+    sin_ = static_cast<float*>(upload(t.sin.data(), t.sin.size() * 4));
+  }
+
+  // ---- memory ----
+  void* alloc(size_t bytes) override {
+    if (capturing_) fail("cuda backend: allocation while recording a graph");
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 64));
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      throw std::bad_alloc();
+    }
+    check(e, "cudaMalloc");
+    check(cudaMemset(p, 0, std::max<size_t>(bytes, 64)), "cudaMemset");
+    return p;
+  }
+  void free(void* p) override {
+    if (p != nullptr) {
+      cudaStreamSynchronize(stream_);
+      cudaFree(p);
+    }
+  }
+  void download(const void* src, void* dst, size_t bytes) override {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync (download)");
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (download)");
+  }
+  float* alloc_host(size_t count) override {
+    void* p = nullptr;
+    check(cudaMallocHost(&p, std::max<size_t>(count, 1) * 4), "cudaMallocHost");
+    std::memset(p, 0, std::max<size_t>(count, 1) * 4);
+    return static_cast<float*>(p);
+  }
+  void free_host(float* p) override {
+    if (p != nullptr) {
+      cudaStreamSynchronize(stream_);
+      cudaFreeHost(p);
+    }
+  }
+  QuantBuffer alloc_quant(int64_t rows, int64_t cols) override {
+    auto* q = new cuda::QuantActs;
+    q->stride = cuda::cuda_act_len(cols);
+    try {
+      q->codes = static_cast<int8_t*>(alloc(static_cast<size_t>(rows * q->stride)));
+      q->scales = static_cast<float*>(alloc(static_cast<size_t>(rows) * 4));
+      q->sums = static_cast<int32_t*>(alloc(static_cast<size_t>(rows) * 4));
+    } catch (...) {
+      free_quant({q, rows, cols});
+      throw;
+    }
+    return {q, rows, cols};
+  }
+  void free_quant(QuantBuffer qb) override {
+    auto* q = static_cast<cuda::QuantActs*>(qb.impl);
+    if (q == nullptr) return;
+    free(q->codes);
+    free(q->scales);
+    free(q->sums);
+    delete q;
+  }
+
+  // ---- one pass ----
+  void begin_forward(std::span<const int32_t> tokens, int64_t pos0) override {
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    if (n > kMaxPassTokens) fail("cuda backend: {} tokens in one pass, at most {}", n, kMaxPassTokens);
+    if (pos0 < 0 || pos0 + n > n_pos_) fail("cuda backend: positions [{}, {}) beyond the context ({})", pos0, pos0 + n, n_pos_);
+    // The previous pass's copy of h_params_ may still be queued.
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    h_params_[0] = static_cast<int32_t>(pos0);
+    std::memcpy(h_params_ + 1, tokens.data(), static_cast<size_t>(n) * 4);
+    check(cudaMemcpyAsync(d_params_, h_params_, static_cast<size_t>(n + 1) * 4, cudaMemcpyHostToDevice, stream_),
+          "cudaMemcpyAsync (ids)");
+    cur_n_ = n;
+    cur_pos_ = pos0;
+  }
+
+  void end_forward() override {
+    check(cudaStreamSynchronize(stream_), "forward pass");
+    check(cudaGetLastError(), "forward pass");
+  }
+
+  void run_cached(const ReplayKey& key, const std::function<void()>& ops) override {
+    if (!use_graphs_) {
+      ops();
+      return;
+    }
+    auto it = graphs_.find(key);
+    if (it != graphs_.end() && it->second.exec != nullptr) {
+      check(cudaGraphLaunch(it->second.exec, stream_), "cudaGraphLaunch");
+      return;
+    }
+    if (it == graphs_.end()) {
+      // First time: run eagerly, so that scratch buffers get allocated outside any recording.
+      graphs_[key] = Recording{};
+      ops();
+      return;
+    }
+    cudaGraph_t g = nullptr;
+    check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    capturing_ = true;
+    try {
+      ops();
+    } catch (...) {
+      capturing_ = false;
+      cudaStreamEndCapture(stream_, &g);
+      if (g != nullptr) cudaGraphDestroy(g);
+      cudaGetLastError();
+      throw;
+    }
+    capturing_ = false;
+    check(cudaStreamEndCapture(stream_, &g), "cudaStreamEndCapture");
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+    cudaGraphDestroy(g);
+    check(e, "cudaGraphInstantiate");
+    graphs_[key].exec = exec;
+    check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
+  }
+
+  void forget(const void* owner) override {
+    for (auto it = graphs_.begin(); it != graphs_.end();) {
+      if (it->first.owner == owner) {
+        if (it->second.exec != nullptr) cudaGraphExecDestroy(it->second.exec);
+        it = graphs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // ---- operations ----
+  void embed(WeightHandle table, std::span<const int32_t> tokens, float* x) override {
+    const DevDense& d = dw(table);
+    if (d.int8) fail("cuda backend: embedding lookup on an int8 head copy");
+    expect_pass(static_cast<int64_t>(tokens.size()));
+    check(cuda::embed_rows(d.w, d.type, d.cols, d_params_ + 1, cur_n_, x, stream_), "embed");
+  }
+  void rmsnorm(const float* x, WeightHandle w, int64_t n, float eps, float* y) override {
+    check(cuda::rmsnorm_rows(x, nw(w), n, w.cols, eps, y, stream_), "rmsnorm");
+  }
+  void rmsnorm_quantize(const float* x, WeightHandle w, int64_t n, float eps, QuantBuffer q) override {
+    check(cuda::rmsnorm_quantize_rows(x, nw(w), n, w.cols, eps, qa(q, n), stream_), "rmsnorm_quantize");
+  }
+  void quantize(const float* x, int64_t n, int64_t dim, QuantBuffer q) override {
+    check(cuda::rmsnorm_quantize_rows(x, nullptr, n, dim, 0.0f, qa(q, n), stream_), "quantize");
+  }
+  void ternary_matmul(WeightHandle wh, QuantBuffer qb, int64_t n, float* y) override {
+    const DevTernary& w = tw(wh);
+    const cuda::QuantActs& q = qa(qb, n);
+    if (n == 1)
+      check(cuda::ternary_gemv(w.w, w.row_scale, w.rows, w.cols, q.codes, q.scales, q.sums, y, stream_,
+                               cuda::GemvConfig{2, pdl_}),
+            "ternary_gemv");
+    else
+      check(cuda::ternary_gemm(w.w, w.row_scale, w.rows, w.cols, q, n, y, stream_), "ternary_gemm");
+  }
+  void rope(float* x, int64_t n, int64_t n_heads, int64_t pos0) override {
+    expect_pos(pos0, n);
+    check(cuda::rope_rows(x, n, n_heads, head_dim_, cos_, sin_, d_params_, stream_), "rope");
+  }
+  void kv_store(const KvCacheView& kv, int64_t layer, const float* k, const float* v, int64_t n,
+                int64_t pos0) override {
+    expect_pos(pos0, n);
+    if (pos0 + n > kv.n_ctx) fail("kv cache: positions [{}, {}) beyond the context ({})", pos0, pos0 + n, kv.n_ctx);
+    check(cuda::kv_store_rows(view(kv), layer, k, v, n, d_params_, stream_), "kv_store");
+  }
+  void attention(const KvCacheView& kv, int64_t layer, const float* q, int64_t n, int64_t n_heads, int64_t pos0,
+                 float* out) override {
+    expect_pos(pos0, n);
+    const size_t need = cuda::attention_scratch_floats(kv.n_ctx, n, n_heads, kv.head_dim);
+    grow(reinterpret_cast<void**>(&attn_scratch_), &attn_scratch_floats_, need, 4);
+    check(cuda::attention_rows(view(kv), layer, q, n, n_heads, d_params_, attn_scratch_, out, stream_), "attention");
+  }
+  void relu2_mul(const float* gate, const float* up, int64_t count, float* out) override {
+    check(cuda::relu2_mul(gate, up, count, out, stream_), "relu2_mul");
+  }
+  void add(float* x, const float* y, int64_t count) override { check(cuda::add_inplace(x, y, count, stream_), "add"); }
+
+  void add_rmsnorm_quantize(float* x, const float* y, WeightHandle w, int64_t n, float eps, QuantBuffer q) override {
+    if (w.cols > cuda::kFusedMaxDim) return Backend::add_rmsnorm_quantize(x, y, w, n, eps, q);
+    check(cuda::add_rmsnorm_quantize_rows(x, y, nw(w), n, w.cols, eps, qa(q, n), stream_), "add_rmsnorm_quantize");
+  }
+  void relu2_mul_rmsnorm_quantize(float* gate, const float* up, WeightHandle w, int64_t n, float eps,
+                                  QuantBuffer q) override {
+    if (w.cols > cuda::kFusedMaxDim) return Backend::relu2_mul_rmsnorm_quantize(gate, up, w, n, eps, q);
+    check(cuda::relu2_rmsnorm_quantize_rows(gate, up, nw(w), n, w.cols, eps, qa(q, n), stream_),
+          "relu2_rmsnorm_quantize");
+  }
+  void rope_kv_store(const KvCacheView& kv, int64_t layer, float* q, float* k, const float* v, int64_t n,
+                     int64_t n_heads, int64_t pos0) override {
+    expect_pos(pos0, n);
+    if (pos0 + n > kv.n_ctx) fail("kv cache: positions [{}, {}) beyond the context ({})", pos0, pos0 + n, kv.n_ctx);
+    if (kv.head_dim != head_dim_) fail("cuda backend: head_dim {} but RoPE tables for {}", kv.head_dim, head_dim_);
+    check(cuda::rope_kv_store_rows(q, k, v, n, n_heads, view(kv), layer, cos_, sin_, d_params_, stream_),
+          "rope_kv_store");
+  }
+  void ternary_matmul_shared(std::span<const WeightHandle> ws, QuantBuffer qb, int64_t n,
+                             std::span<float* const> ys) override {
+    if (n != 1 || ws.size() > static_cast<size_t>(cuda::kMaxGemvParts) || ws.size() != ys.size())
+      return Backend::ternary_matmul_shared(ws, qb, n, ys);
+    const cuda::QuantActs& q = qa(qb, n);
+    cuda::GemvMatrix mats[cuda::kMaxGemvParts];
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const DevTernary& w = tw(ws[i]);
+      if (w.cols != tw(ws[0]).cols) return Backend::ternary_matmul_shared(ws, qb, n, ys);
+      mats[i] = cuda::GemvMatrix{w.w, w.row_scale, w.rows, ys[i]};
+    }
+    check(cuda::ternary_gemv_multi(mats, static_cast<int>(ws.size()), tw(ws[0]).cols, q.codes, q.scales, q.sums,
+                                   stream_, cuda::GemvConfig{2, pdl_}),
+          "ternary_gemv_multi");
+  }
+
+  void lm_head(WeightHandle wh, const float* x, int64_t n, float* logits) override {
+    const DevDense& d = dw(wh);
+    grow(reinterpret_cast<void**>(&d_logits_), &d_logits_floats_, static_cast<size_t>(n * d.rows), 4);
+    if (d.int8) {
+      const int64_t stride = cuda::cuda_act_len(d.cols);
+      if (head_q_rows_ < n || head_q_.stride != stride) {
+        if (capturing_) fail("cuda backend: LM head scratch grows while recording a graph");
+        drop_graphs();
+        cudaStreamSynchronize(stream_);
+        cudaFree(head_q_.codes);
+        cudaFree(head_q_.scales);
+        cudaFree(head_q_.sums);
+        head_q_ = {};
+        head_q_rows_ = 0;
+        check(cudaMalloc(&head_q_.codes, static_cast<size_t>(n * stride)), "cudaMalloc");
+        check(cudaMalloc(&head_q_.scales, static_cast<size_t>(n) * 4), "cudaMalloc");
+        check(cudaMalloc(&head_q_.sums, static_cast<size_t>(n) * 4), "cudaMalloc");
+        head_q_.stride = stride;
+        head_q_rows_ = n;
+      }
+      check(cuda::rmsnorm_quantize_rows(x, nullptr, n, d.cols, 0.0f, head_q_, stream_), "lm_head quantize");
+      check(cuda::int8_gemv(d.q, d.d, d.rows, d.cols, head_q_, n, d_logits_, stream_), "int8 lm_head");
+    } else {
+      check(cuda::dense_gemv(d.w, d.type, d.rows, d.cols, x, n, d_logits_, stream_), "lm_head");
+    }
+    check(cudaMemcpyAsync(logits, d_logits_, static_cast<size_t>(n * d.rows) * 4, cudaMemcpyDeviceToHost, stream_),
+          "cudaMemcpyAsync (logits)");
+  }
+
+ private:
+  struct Recording {
+    cudaGraphExec_t exec = nullptr;
+  };
+
+  void* upload(const void* src, size_t bytes) {
+    void* p = nullptr;
+    check(cudaMalloc(&p, std::max<size_t>(bytes, 16)), "cudaMalloc (weights)");
+    owned_.push_back(p);
+    check(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (weights)");
+    return p;
+  }
+
+  void drop_graphs() {
+    for (auto& [k, r] : graphs_)
+      if (r.exec != nullptr) cudaGraphExecDestroy(r.exec);
+    graphs_.clear();
+  }
+
+  // Grows a scratch buffer to `need` elements; recordings that used the old one are dropped.
+  void grow(void** p, size_t* cap, size_t need, size_t esize) {
+    if (need <= *cap) return;
+    if (capturing_) fail("cuda backend: scratch grows while recording a graph");
+    drop_graphs();
+    cudaStreamSynchronize(stream_);
+    cudaFree(*p);
+    *p = nullptr;
+    *cap = 0;
+    check(cudaMalloc(p, need * esize), "cudaMalloc (scratch)");
+    *cap = need;
+  }
+
+  void expect_pass(int64_t n) const {
+    if (n != cur_n_) fail("cuda backend: an operation on {} rows in a pass of {} tokens", n, cur_n_);
+  }
+  void expect_pos(int64_t pos0, int64_t n) const {
+    if (pos0 != cur_pos_ || n != cur_n_)
+      fail("cuda backend: positions [{}, {}) asked in a pass at [{}, {})", pos0, pos0 + n, cur_pos_, cur_pos_ + cur_n_);
+  }
+
+  static cuda::KvView view(const KvCacheView& kv) {
+    cuda::KvView v;
+    v.data = kv.data;
+    v.f16 = kv.dtype == KvDtype::kF16;
+    v.n_layers = kv.n_layers;
+    v.n_kv_heads = kv.n_kv_heads;
+    v.n_ctx = kv.n_ctx;
+    v.head_dim = kv.head_dim;
+    return v;
+  }
+  const DevTernary& tw(WeightHandle h) const {
+    if (h.id < 0 || static_cast<size_t>(h.id) >= ternary_.size()) fail("cuda backend: bad ternary weight handle {}", h.id);
+    return ternary_[static_cast<size_t>(h.id)];
+  }
+  const float* nw(WeightHandle h) const {
+    if (h.id < 0 || static_cast<size_t>(h.id) >= norms_.size()) fail("cuda backend: bad norm weight handle {}", h.id);
+    return norms_[static_cast<size_t>(h.id)];
+  }
+  const DevDense& dw(WeightHandle h) const {
+    if (h.id < 0 || static_cast<size_t>(h.id) >= dense_.size()) fail("cuda backend: bad dense weight handle {}", h.id);
+    return dense_[static_cast<size_t>(h.id)];
+  }
+  static const cuda::QuantActs& qa(QuantBuffer q, int64_t n) {
+    if (q.impl == nullptr || n > q.rows) fail("cuda backend: {} rows for a quantized buffer of {}", n, q.rows);
+    return *static_cast<const cuda::QuantActs*>(q.impl);
+  }
+
+  cudaStream_t stream_ = nullptr;
+  bool pdl_ = false, use_graphs_ = true, capturing_ = false;
+  std::vector<void*> owned_;
+  std::vector<DevTernary> ternary_;
+  std::vector<float*> norms_;
+  std::vector<DevDense> dense_;
+  float *cos_ = nullptr, *sin_ = nullptr;
+  int64_t head_dim_ = 0, n_pos_ = 0;
+  int32_t* d_params_ = nullptr;  // [0] = pos0, [1 ..] token ids of the pass
+  int32_t* h_params_ = nullptr;  // page-locked staging of the same
+  int64_t cur_n_ = 0, cur_pos_ = 0;
+  float* attn_scratch_ = nullptr;
+  size_t attn_scratch_floats_ = 0;
+  float* d_logits_ = nullptr;
+  size_t d_logits_floats_ = 0;
+  cuda::QuantActs head_q_{};
+  int64_t head_q_rows_ = 0;
+  std::map<ReplayKey, Recording> graphs_;
+  size_t weight_bytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<CudaBackend>(); }
+
+double cuda_copy_bandwidth(size_t bytes, int passes) {
+  check(cudaSetDevice(0), "cudaSetDevice");
+  void *a = nullptr, *b = nullptr;
+  check(cudaMalloc(&a, bytes), "cudaMalloc");
+  check(cudaMalloc(&b, bytes), "cudaMalloc");
+  check(cudaMemset(a, 1, bytes), "cudaMemset");
+  cudaEvent_t e0, e1;
+  check(cudaEventCreate(&e0), "cudaEventCreate");
+  check(cudaEventCreate(&e1), "cudaEventCreate");
+  double best = 0;
+  for (int p = 0; p < passes + 1; ++p) {  // the first pass warms up
+    check(cudaEventRecord(e0), "cudaEventRecord");
+    check(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpyAsync");
+    check(cudaEventRecord(e1), "cudaEventRecord");
+    check(cudaEventSynchronize(e1), "cudaEventSynchronize");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+    if (p > 0 && ms > 0) best = std::max(best, 2.0 * static_cast<double>(bytes) / (ms * 1e-3));
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(a);
+  cudaFree(b);
+  return best;
+}
+
+bool cuda_available(std::string* why) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    if (why != nullptr)
+      *why = e != cudaSuccess ? std::string("no CUDA device: ") + cudaGetErrorString(e) : "no CUDA device";
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+}  // namespace onebit
+
+#else  // no CUDA in this build
+
+namespace onebit {
+
+std::unique_ptr<Backend> make_cuda_backend() {
+  fail("this build of 1bit has no CUDA backend (nvcc was not found when it was configured)");
+}
+
+bool cuda_available(std::string* why) {
+  if (why != nullptr) *why = "this build has no CUDA backend";
+  return false;
+}
+
+double cuda_copy_bandwidth(size_t, int) { fail("this build of 1bit has no CUDA backend"); }
+
+}  // namespace onebit
+
+#endif

@@ -1,0 +1,1083 @@
+// CUDA kernels of the forward pass (see ops_cuda.h and docs/kernels-cuda.md).
+#include "kernels/cuda/ops_cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+
+#include "kernels/cuda/ternary_gemv_cuda.h"
+
+namespace onebit::cuda {
+namespace {
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ int warp_isum(int v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Block-wide reductions (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+// `red` is 32 slots of shared memory; the call ends with a barrier so `red` can be reused.
+__device__ float block_sum(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = 0.0f;
+  for (int i = 0; i < nw; ++i) t += red[i];  // fixed order: the same result in every thread
+  __syncthreads();
+  return t;
+}
+__device__ float block_max(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_max(v);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = -INFINITY;
+  for (int i = 0; i < nw; ++i) t = fmaxf(t, red[i]);
+  __syncthreads();
+  return t;
+}
+__device__ int block_isum(int v, int* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_isum(v);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  int t = 0;
+  for (int i = 0; i < nw; ++i) t += red[i];
+  __syncthreads();
+  return t;
+}
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+int blocks_for(int64_t count, int threads) {
+  int64_t b = (count + threads - 1) / threads;
+  return static_cast<int>(b < 1 ? 1 : (b > 65535 * 8 ? 65535 * 8 : b));
+}
+
+// ---- embedding ----
+template <typename T>
+__global__ void embed_kernel(const T* __restrict__ table, int64_t cols, const int32_t* __restrict__ tokens,
+                             float* __restrict__ x) {
+  const int64_t row = tokens[blockIdx.x];
+  const T* src = table + row * cols;
+  float* dst = x + static_cast<int64_t>(blockIdx.x) * cols;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = to_f32(src[c]);
+}
+
+// ---- RMSNorm (+ quantization) ----
+__device__ __forceinline__ float rms_factor(const float* x, int dim, float eps, float* red) {
+  float ss = 0.0f;
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) ss = fmaf(x[c], x[c], ss);
+  ss = block_sum(ss, red);
+  return 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
+}
+
+__global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, int dim, float eps,
+                               float* __restrict__ y) {
+  __shared__ float red[32];
+  const float* xr = x + static_cast<int64_t>(blockIdx.x) * dim;
+  float* yr = y + static_cast<int64_t>(blockIdx.x) * dim;
+  const float r = rms_factor(xr, dim, eps, red);
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) yr[c] = xr[c] * r * w[c];
+}
+
+__global__ void rmsnorm_quantize_kernel(const float* __restrict__ x, const float* __restrict__ w, int dim,
+                                        float eps, int8_t* __restrict__ codes, int64_t stride,
+                                        float* __restrict__ scales, int32_t* __restrict__ sums) {
+  __shared__ float red[32];
+  __shared__ int ired[32];
+  const float* xr = x + static_cast<int64_t>(blockIdx.x) * dim;
+  const float r = w != nullptr ? rms_factor(xr, dim, eps, red) : 1.0f;
+  auto value = [&](int c) { return w != nullptr ? xr[c] * r * w[c] : xr[c]; };
+  float m = 0.0f;
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) m = fmaxf(m, fabsf(value(c)));
+  m = block_max(m, red);
+  const float s = 127.0f / fmaxf(m, 1e-5f);
+  int8_t* q = codes + static_cast<int64_t>(blockIdx.x) * stride;
+  int sum = 0;
+  for (int c = threadIdx.x; c < stride; c += blockDim.x) {
+    int v = 0;
+    if (c < dim) {
+      v = __float2int_rn(__fmul_rn(value(c), s));  // half to even, like nearbyint
+      v = v < -128 ? -128 : (v > 127 ? 127 : v);
+    }
+    q[c] = static_cast<int8_t>(v);
+    sum += v;
+  }
+  sum = block_isum(sum, ired);
+  if (threadIdx.x == 0) {
+    scales[blockIdx.x] = s;
+    sums[blockIdx.x] = sum;
+  }
+}
+
+// One block per row, blockDim.x threads, the row's values kept in registers (dim <= 8 * blockDim.x):
+// one read of the inputs. kMode 0: x; 1: x += y (stored); 2: relu(x)^2 * y.
+constexpr int kFusedPer = 8;
+template <int kMode>
+__global__ void __launch_bounds__(1024)
+    fused_norm_quant_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ w, int dim,
+                            float eps, int8_t* __restrict__ codes, int64_t stride, float* __restrict__ scales,
+                            int32_t* __restrict__ sums) {
+  __shared__ float red[32];
+  __shared__ int ired[32];
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
+  float v[kFusedPer];
+  float ss = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kFusedPer; ++i) {
+    const int c = threadIdx.x + i * blockDim.x;
+    v[i] = 0.0f;
+    if (c < dim) {
+      float a = x[base + c];
+      if constexpr (kMode == 1) {
+        a += y[base + c];
+        x[base + c] = a;
+      } else if constexpr (kMode == 2) {
+        const float g = fmaxf(a, 0.0f);
+        a = (g * g) * y[base + c];
+      }
+      v[i] = a;
+      ss = fmaf(a, a, ss);
+    }
+  }
+  float r = 1.0f;
+  if (w != nullptr) {
+    ss = block_sum(ss, red);
+    r = 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
+  }
+  float m = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kFusedPer; ++i) {
+    const int c = threadIdx.x + i * blockDim.x;
+    if (c < dim) {
+      if (w != nullptr) v[i] = v[i] * r * w[c];
+      m = fmaxf(m, fabsf(v[i]));
+    }
+  }
+  m = block_max(m, red);
+  const float s = 127.0f / fmaxf(m, 1e-5f);
+  int8_t* q = codes + static_cast<int64_t>(blockIdx.x) * stride;
+  int sum = 0;
+#pragma unroll
+  for (int i = 0; i < kFusedPer; ++i) {
+    const int c = threadIdx.x + i * blockDim.x;
+    if (c < dim) {
+      int t = __float2int_rn(__fmul_rn(v[i], s));
+      t = t < -128 ? -128 : (t > 127 ? 127 : t);
+      q[c] = static_cast<int8_t>(t);
+      sum += t;
+    }
+  }
+  for (int c = dim + threadIdx.x; c < stride; c += blockDim.x) q[c] = 0;
+  sum = block_isum(sum, ired);
+  if (threadIdx.x == 0) {
+    scales[blockIdx.x] = s;
+    sums[blockIdx.x] = sum;
+  }
+}
+
+int fused_threads(int64_t dim) {
+  int t = 128;
+  while (t < 1024 && t * kFusedPer < dim) t *= 2;
+  return t;
+}
+
+// ---- W2A8 GEMM on int8 tensor cores ----
+// mma.m16n8k32: A = 16 weight rows x 32 columns as unsigned codes (w + 1), B = 32 columns x 8
+// tokens of signed activations, C = int32. A warp owns 16 rows (two 8-row groups of the layout)
+// and kGemmTokens tokens; per 64-column chunk a lane loads its row's 16 bytes of each group once.
+constexpr int kGemmWarps = 4;
+constexpr int kGemmNTiles = 8;  // 8 tokens each
+constexpr int kGemmTokens = 8 * kGemmNTiles;
+
+__device__ __forceinline__ void mma_u8s8(int (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, int b0,
+                                         int b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+__global__ void __launch_bounds__(32 * kGemmWarps)
+    gemm_kernel(const uint4* __restrict__ w, const float* __restrict__ row_scale, int rows, int n_groups, int K,
+                const int8_t* __restrict__ q, int64_t stride, const float* __restrict__ scales,
+                const int32_t* __restrict__ sums, int n, float* __restrict__ y) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int ga = (blockIdx.x * kGemmWarps + warp) * 2;
+  if (ga >= n_groups) return;
+  const int gb = ga + 1 < n_groups ? ga + 1 : ga;  // a missing second group re-reads the first (not stored)
+  const int tok0 = blockIdx.y * kGemmTokens;
+  const uint4* wa = w + static_cast<size_t>(ga) * K * 8 + g;
+  const uint4* wb = w + static_cast<size_t>(gb) * K * 8 + g;
+  int acc[kGemmNTiles][4];
+#pragma unroll
+  for (int j = 0; j < kGemmNTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
+  // Activation row pointers of this lane's tokens (column 4t); rows past n read row 0 (not stored).
+  const int8_t* qrow[kGemmNTiles];
+#pragma unroll
+  for (int j = 0; j < kGemmNTiles; ++j) {
+    const int tok = tok0 + 8 * j + g;
+    qrow[j] = q + static_cast<int64_t>(tok < n ? tok : 0) * stride + 4 * t;
+  }
+  const unsigned shift = 2u * static_cast<unsigned>(t);
+  for (int k = 0; k < K; ++k) {
+    const uint4 va = __ldg(wa + static_cast<size_t>(k) * 8);
+    const uint4 vb = __ldg(wb + static_cast<size_t>(k) * 8);
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks) {
+      const unsigned wa0 = ks == 0 ? va.x : va.z, wa1 = ks == 0 ? va.y : va.w;
+      const unsigned wb0 = ks == 0 ? vb.x : vb.z, wb1 = ks == 0 ? vb.y : vb.w;
+      const unsigned a0 = (wa0 >> shift) & 0x03030303u;  // row g,   columns 4t..4t+3
+      const unsigned a1 = (wb0 >> shift) & 0x03030303u;  // row g+8
+      const unsigned a2 = (wa1 >> shift) & 0x03030303u;  // row g,   columns 16+4t..
+      const unsigned a3 = (wb1 >> shift) & 0x03030303u;  // row g+8
+      const int col = k * 64 + ks * 32;
+#pragma unroll
+      for (int j = 0; j < kGemmNTiles; ++j) {
+        const int b0 = __ldg(reinterpret_cast<const int*>(qrow[j] + col));
+        const int b1 = __ldg(reinterpret_cast<const int*>(qrow[j] + col + 16));
+        mma_u8s8(acc[j], a0, a1, a2, a3, b0, b1);
+      }
+    }
+  }
+  const int r0 = ga * 8 + g, r1 = gb * 8 + g;
+  const bool ok0 = r0 < rows, ok1 = gb != ga && r1 < rows;
+  const float rs0 = ok0 ? row_scale[r0] : 0.0f, rs1 = ok1 ? row_scale[r1] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < kGemmNTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int tok = tok0 + 8 * j + 2 * t + e;
+      if (tok >= n) continue;
+      const float s = scales[tok];
+      const int qs = sums[tok];
+      if (ok0) y[static_cast<int64_t>(tok) * rows + r0] = static_cast<float>(acc[j][e] - qs) * (rs0 / s);
+      if (ok1) y[static_cast<int64_t>(tok) * rows + r1] = static_cast<float>(acc[j][2 + e] - qs) * (rs1 / s);
+    }
+  }
+}
+
+// ---- RoPE, KV store ----
+__global__ void rope_kernel(float* __restrict__ x, int n_heads, int head_dim, const float* __restrict__ cos_t,
+                            const float* __restrict__ sin_t, const int32_t* __restrict__ pos0) {
+  const int i = blockIdx.x, h = blockIdx.y, half = head_dim / 2;
+  const int64_t pos = static_cast<int64_t>(*pos0) + i;
+  float* v = x + (static_cast<int64_t>(i) * n_heads + h) * head_dim;
+  for (int j = threadIdx.x; j < half; j += blockDim.x) {
+    const float c = cos_t[pos * half + j], s = sin_t[pos * half + j];
+    const float a = v[j], b = v[j + half];
+    v[j] = a * c - b * s;
+    v[j + half] = b * c + a * s;
+  }
+}
+
+__device__ __forceinline__ size_t kv_off(const KvView& kv, int which, int64_t layer, int64_t head, int64_t pos) {
+  return static_cast<size_t>((((which * kv.n_layers + layer) * kv.n_kv_heads + head) * kv.n_ctx + pos) * kv.head_dim);
+}
+
+__global__ void kv_store_kernel(KvView kv, int64_t layer, const float* __restrict__ k, const float* __restrict__ v,
+                                const int32_t* __restrict__ pos0) {
+  const int i = blockIdx.x, which = blockIdx.y / static_cast<int>(kv.n_kv_heads);
+  const int h = blockIdx.y % static_cast<int>(kv.n_kv_heads);
+  const float* src = (which == 0 ? k : v) + (static_cast<int64_t>(i) * kv.n_kv_heads + h) * kv.head_dim;
+  const size_t off = kv_off(kv, which, layer, h, static_cast<int64_t>(*pos0) + i);
+  for (int d = threadIdx.x; d < kv.head_dim; d += blockDim.x) {
+    if (kv.f16)
+      static_cast<__half*>(kv.data)[off + d] = __float2half_rn(src[d]);
+    else
+      static_cast<float*>(kv.data)[off + d] = src[d];
+  }
+}
+
+// Blocks (row i, y): y < n_heads rotates q head y; else kv head y - n_heads: rotates k and stores k, v.
+__global__ void rope_kv_kernel(float* __restrict__ q, float* __restrict__ k, const float* __restrict__ v, int n_heads,
+                               KvView kv, int64_t layer, const float* __restrict__ cos_t,
+                               const float* __restrict__ sin_t, const int32_t* __restrict__ pos0) {
+  const int i = blockIdx.x, y = blockIdx.y, D = static_cast<int>(kv.head_dim), half = D / 2;
+  const int64_t pos = static_cast<int64_t>(*pos0) + i;
+  const int hkv = static_cast<int>(kv.n_kv_heads);
+  float* row = y < n_heads ? q + (static_cast<int64_t>(i) * n_heads + y) * D
+                           : k + (static_cast<int64_t>(i) * hkv + (y - n_heads)) * D;
+  for (int j = threadIdx.x; j < half; j += blockDim.x) {
+    const float c = cos_t[pos * half + j], s = sin_t[pos * half + j];
+    const float a = row[j], b = row[j + half];
+    row[j] = a * c - b * s;
+    row[j + half] = b * c + a * s;
+  }
+  if (y < n_heads) return;
+  __syncthreads();  // the rotated k row, written by other threads of this block
+  const int h = y - n_heads;
+  const float* vrow = v + (static_cast<int64_t>(i) * hkv + h) * D;
+  const size_t ko = kv_off(kv, 0, layer, h, pos), vo = kv_off(kv, 1, layer, h, pos);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    if (kv.f16) {
+      static_cast<__half*>(kv.data)[ko + d] = __float2half_rn(row[d]);
+      static_cast<__half*>(kv.data)[vo + d] = __float2half_rn(vrow[d]);
+    } else {
+      static_cast<float*>(kv.data)[ko + d] = row[d];
+      static_cast<float*>(kv.data)[vo + d] = vrow[d];
+    }
+  }
+}
+
+// ---- attention ----
+// Block = (kv head, query row, key split); 128 threads. Per tile of 128 keys: thread t scores
+// key t against the G query heads of this kv head (q in shared memory), the block updates the
+// running max / sum per head, and then thread t accumulates outputs t, t+128, ... of the G x D
+// (head, dim) outputs over the tile's keys (V rows read coalesced).
+constexpr int kAttnThreads = 128;
+constexpr int kAttnMaxG = 8;
+constexpr int kAttnMaxD = 256;
+constexpr int kAttnOut = kAttnMaxG * kAttnMaxD / kAttnThreads;  // outputs per thread, at most
+
+template <bool kF16>
+__device__ __forceinline__ float kv_at(const void* base, size_t off) {
+  if constexpr (kF16)
+    return __half2float(static_cast<const __half*>(base)[off]);
+  else
+    return static_cast<const float*>(base)[off];
+}
+
+template <bool kF16>
+__global__ void __launch_bounds__(kAttnThreads)
+    attention_kernel(KvView kv, int64_t layer, const float* __restrict__ q, int n_heads, int splits,
+                     const int32_t* __restrict__ pos0, float* __restrict__ scratch, float* __restrict__ out) {
+  __shared__ float qs[kAttnMaxG * kAttnMaxD];
+  __shared__ float ps[kAttnMaxG][kAttnThreads];
+  __shared__ float red[32];
+  __shared__ float mrun[kAttnMaxG], lrun[kAttnMaxG], corr[kAttnMaxG];
+  const int hk = blockIdx.x, i = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
+  const int D = static_cast<int>(kv.head_dim), G = n_heads / static_cast<int>(kv.n_kv_heads);
+  const int h0 = hk * G;
+  const int n_keys = *pos0 + i + 1;
+  const int chunk = (n_keys + splits - 1) / splits;
+  const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk);
+  const float scale = 1.0f / sqrtf(static_cast<float>(D));
+  for (int e = tid; e < G * D; e += kAttnThreads)
+    qs[e] = q[(static_cast<int64_t>(i) * n_heads + h0) * D + e];
+  if (tid < G) {
+    mrun[tid] = -INFINITY;
+    lrun[tid] = 0.0f;
+  }
+  float acc[kAttnOut];
+#pragma unroll
+  for (int o = 0; o < kAttnOut; ++o) acc[o] = 0.0f;
+  __syncthreads();
+  const size_t kbase = kv_off(kv, 0, layer, hk, 0), vbase = kv_off(kv, 1, layer, hk, 0);
+  for (int t0 = k0; t0 < k1; t0 += kAttnThreads) {
+    const int key = t0 + tid;
+    float sc[kAttnMaxG];
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g) sc[g] = 0.0f;
+    if (key < k1) {
+      const size_t off = kbase + static_cast<size_t>(key) * D;
+      for (int d = 0; d < D; ++d) {
+        const float kd = kv_at<kF16>(kv.data, off + d);
+#pragma unroll
+        for (int g = 0; g < kAttnMaxG; ++g)
+          if (g < G) sc[g] = fmaf(qs[g * D + d], kd, sc[g]);
+      }
+    }
+    // Per head: the tile max, the new running max, p = exp(s - m), and the tile sum.
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g) {
+      if (g >= G) break;
+      const float s = key < k1 ? sc[g] * scale : -INFINITY;
+      const float tmax = block_max(s, red);
+      const float m_new = fmaxf(mrun[g], tmax);
+      const float p = key < k1 ? expf(s - m_new) : 0.0f;
+      ps[g][tid] = p;
+      const float tsum = block_sum(p, red);
+      if (tid == 0) {
+        corr[g] = expf(mrun[g] - m_new);  // exp(-inf) = 0 on the first tile
+        lrun[g] = lrun[g] * corr[g] + tsum;
+        mrun[g] = m_new;
+      }
+    }
+    __syncthreads();
+    const int nk = min(kAttnThreads, k1 - t0);
+#pragma unroll
+    for (int o = 0; o < kAttnOut; ++o) {
+      const int e = tid + o * kAttnThreads;
+      if (e < G * D) {
+        const int g = e / D, d = e % D;
+        float a = acc[o] * corr[g];
+        const size_t off = vbase + static_cast<size_t>(t0) * D + d;
+        for (int j = 0; j < nk; ++j) a = fmaf(ps[g][j], kv_at<kF16>(kv.data, off + static_cast<size_t>(j) * D), a);
+        acc[o] = a;
+      }
+    }
+    __syncthreads();  // ps and corr are rewritten by the next tile
+  }
+  if (splits == 1) {
+#pragma unroll
+    for (int o = 0; o < kAttnOut; ++o) {
+      const int e = tid + o * kAttnThreads;
+      if (e < G * D) {
+        const int g = e / D;
+        out[(static_cast<int64_t>(i) * n_heads + h0) * D + e] = acc[o] / lrun[g];
+      }
+    }
+    return;
+  }
+  // Partial result of this split: [row][head][split] x (m, l, acc[D]).
+  const int64_t rec = 2 + D;
+#pragma unroll
+  for (int o = 0; o < kAttnOut; ++o) {
+    const int e = tid + o * kAttnThreads;
+    if (e < G * D) {
+      const int g = e / D, d = e % D;
+      float* p = scratch + ((static_cast<int64_t>(i) * n_heads + h0 + g) * splits + split) * rec;
+      p[2 + d] = acc[o];
+    }
+  }
+  if (tid < G) {
+    float* p = scratch + ((static_cast<int64_t>(i) * n_heads + h0 + tid) * splits + split) * rec;
+    p[0] = mrun[tid];
+    p[1] = lrun[tid];
+  }
+}
+
+__device__ __forceinline__ float2 half2_bits_to_float2(unsigned u) {
+  __half2 h;
+  memcpy(&h, &u, 4);
+  return __half22float2(h);
+}
+
+// Faster form for head_dim = 32 * DPL (DPL = 2 or 4: 64 or 128) and G * D <= 1024. Block = (kv
+// head, row, split), 4 warps. Scores: thread t takes key t of a 128-key tile and reads its K row
+// with 16-byte loads. Softmax: the G heads' tile maxima and sums in one reduction each. P.V: warp
+// w takes keys w, w + 4, ... of the tile and lane l dims [l * DPL, (l + 1) * DPL) of every head,
+// one vector load of V per key; the 4 warps' partial sums are added at the end.
+template <int DPL>
+struct KvVec;
+template <>
+struct KvVec<2> {
+  static __device__ __forceinline__ void load(const void* base, size_t off, bool f16, float* out) {
+    if (f16) {
+      const __half2 h = *reinterpret_cast<const __half2*>(static_cast<const __half*>(base) + off);
+      const float2 f = __half22float2(h);
+      out[0] = f.x;
+      out[1] = f.y;
+    } else {
+      const float2 f = *reinterpret_cast<const float2*>(static_cast<const float*>(base) + off);
+      out[0] = f.x;
+      out[1] = f.y;
+    }
+  }
+};
+template <>
+struct KvVec<4> {
+  static __device__ __forceinline__ void load(const void* base, size_t off, bool f16, float* out) {
+    if (f16) {
+      const uint2 u = *reinterpret_cast<const uint2*>(static_cast<const __half*>(base) + off);
+      const float2 a = half2_bits_to_float2(u.x);
+      const float2 b = half2_bits_to_float2(u.y);
+      out[0] = a.x;
+      out[1] = a.y;
+      out[2] = b.x;
+      out[3] = b.y;
+    } else {
+      const float4 f = *reinterpret_cast<const float4*>(static_cast<const float*>(base) + off);
+      out[0] = f.x;
+      out[1] = f.y;
+      out[2] = f.z;
+      out[3] = f.w;
+    }
+  }
+};
+
+template <int DPL>
+__global__ void __launch_bounds__(kAttnThreads)
+    attention_fast_kernel(KvView kv, int64_t layer, const float* __restrict__ q, int n_heads, int splits,
+                          const int32_t* __restrict__ pos0, float* __restrict__ scratch, float* __restrict__ out) {
+  constexpr int D = 32 * DPL;
+  constexpr int kWarps = kAttnThreads / 32;
+  __shared__ __align__(16) float qs[kAttnMaxG * D];
+  __shared__ float ps[kAttnMaxG][kAttnThreads];
+  __shared__ float red[kAttnMaxG][kWarps];
+  __shared__ float mrun[kAttnMaxG], lrun[kAttnMaxG], corr[kAttnMaxG];
+  __shared__ float part[kWarps - 1][1024];
+  const int hk = blockIdx.x, i = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int G = n_heads / static_cast<int>(kv.n_kv_heads);
+  const int h0 = hk * G;
+  const int n_keys = *pos0 + i + 1;
+  const int chunk = (n_keys + splits - 1) / splits;
+  const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk);
+  const float scale = 1.0f / sqrtf(static_cast<float>(D));
+  for (int e = tid; e < G * D; e += kAttnThreads) qs[e] = q[(static_cast<int64_t>(i) * n_heads + h0) * D + e];
+  if (tid < G) {
+    mrun[tid] = -INFINITY;
+    lrun[tid] = 0.0f;
+  }
+  float acc[kAttnMaxG][DPL];
+#pragma unroll
+  for (int g = 0; g < kAttnMaxG; ++g)
+#pragma unroll
+    for (int d = 0; d < DPL; ++d) acc[g][d] = 0.0f;
+  __syncthreads();
+  const size_t kbase = kv_off(kv, 0, layer, hk, 0), vbase = kv_off(kv, 1, layer, hk, 0);
+  for (int t0 = k0; t0 < k1; t0 += kAttnThreads) {
+    const int key = t0 + tid;
+    float sc[kAttnMaxG];
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g) sc[g] = 0.0f;
+    if (key < k1) {
+      const size_t off = kbase + static_cast<size_t>(key) * D;
+#pragma unroll 4
+      for (int d0 = 0; d0 < D; d0 += 8) {
+        float kd[8];
+        if (kv.f16) {
+          const uint4 u = *reinterpret_cast<const uint4*>(static_cast<const __half*>(kv.data) + off + d0);
+          const float2 f0 = half2_bits_to_float2(u.x), f1 = half2_bits_to_float2(u.y);
+          const float2 f2 = half2_bits_to_float2(u.z), f3 = half2_bits_to_float2(u.w);
+          kd[0] = f0.x, kd[1] = f0.y, kd[2] = f1.x, kd[3] = f1.y, kd[4] = f2.x, kd[5] = f2.y, kd[6] = f3.x, kd[7] = f3.y;
+        } else {
+          const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(kv.data) + off + d0);
+          const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(kv.data) + off + d0 + 4);
+          kd[0] = a.x, kd[1] = a.y, kd[2] = a.z, kd[3] = a.w, kd[4] = b.x, kd[5] = b.y, kd[6] = b.z, kd[7] = b.w;
+        }
+#pragma unroll
+        for (int g = 0; g < kAttnMaxG; ++g) {
+          if (g < G) {
+            const float4 qa = *reinterpret_cast<const float4*>(&qs[g * D + d0]);
+            const float4 qb = *reinterpret_cast<const float4*>(&qs[g * D + d0 + 4]);
+            float a = sc[g];
+            a = fmaf(qa.x, kd[0], a);
+            a = fmaf(qa.y, kd[1], a);
+            a = fmaf(qa.z, kd[2], a);
+            a = fmaf(qa.w, kd[3], a);
+            a = fmaf(qb.x, kd[4], a);
+            a = fmaf(qb.y, kd[5], a);
+            a = fmaf(qb.z, kd[6], a);
+            a = fmaf(qb.w, kd[7], a);
+            sc[g] = a;
+          }
+        }
+      }
+    }
+    // Tile maxima of the G heads in one reduction.
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g) {
+      sc[g] = key < k1 ? sc[g] * scale : -INFINITY;
+      const float m = warp_max(sc[g]);
+      if (g < G && lane == 0) red[g][warp] = m;
+    }
+    __syncthreads();
+    float mnew[kAttnMaxG];
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g) {
+      float m = -INFINITY;
+      if (g < G) {
+        m = mrun[g];
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) m = fmaxf(m, red[g][w]);
+      }
+      mnew[g] = m;
+    }
+    __syncthreads();  // red is reused below
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g) {
+      const float p = (g < G && key < k1) ? expf(sc[g] - mnew[g]) : 0.0f;
+      if (g < G) ps[g][tid] = p;
+      const float su = warp_sum(p);
+      if (g < G && lane == 0) red[g][warp] = su;
+    }
+    __syncthreads();
+    if (tid < G) {
+      float su = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) su += red[tid][w];
+      corr[tid] = expf(mrun[tid] - mnew[tid]);  // 0 on the first tile (exp(-inf))
+      lrun[tid] = lrun[tid] * corr[tid] + su;
+      mrun[tid] = mnew[tid];
+    }
+    __syncthreads();
+    const int nk = min(kAttnThreads, k1 - t0);
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g)
+      if (g < G) {
+        const float c = corr[g];
+#pragma unroll
+        for (int d = 0; d < DPL; ++d) acc[g][d] *= c;
+      }
+#pragma unroll 4
+    for (int j = warp; j < nk; j += kWarps) {
+      float vv[DPL];
+      KvVec<DPL>::load(kv.data, vbase + static_cast<size_t>(t0 + j) * D + lane * DPL, kv.f16, vv);
+#pragma unroll
+      for (int g = 0; g < kAttnMaxG; ++g)
+        if (g < G) {
+          const float p = ps[g][j];
+#pragma unroll
+          for (int d = 0; d < DPL; ++d) acc[g][d] = fmaf(p, vv[d], acc[g][d]);
+        }
+    }
+    __syncthreads();  // ps, corr rewritten by the next tile
+  }
+  // Sum the warps' partial P.V (warps 1.. through shared memory, into warp 0).
+  if (warp > 0) {
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g)
+      if (g < G)
+#pragma unroll
+        for (int d = 0; d < DPL; ++d) part[warp - 1][g * D + lane * DPL + d] = acc[g][d];
+  }
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int g = 0; g < kAttnMaxG; ++g) {
+    if (g >= G) continue;
+#pragma unroll
+    for (int d = 0; d < DPL; ++d) {
+      const int e = g * D + lane * DPL + d;
+      float a = acc[g][d];
+#pragma unroll
+      for (int w = 0; w < kWarps - 1; ++w) a += part[w][e];
+      if (splits == 1) {
+        out[(static_cast<int64_t>(i) * n_heads + h0) * D + e] = a / lrun[g];
+      } else {
+        float* p = scratch + ((static_cast<int64_t>(i) * n_heads + h0 + g) * splits + split) * (2 + D);
+        p[2 + lane * DPL + d] = a;
+        if (lane == 0 && d == 0) {
+          p[0] = mrun[g];
+          p[1] = lrun[g];
+        }
+      }
+    }
+  }
+}
+
+// Merge of the splits: block = (row, head), threads over D.
+__global__ void attention_merge_kernel(const float* __restrict__ scratch, int n_heads, int D, int splits,
+                                       float* __restrict__ out) {
+  const int i = blockIdx.x, h = blockIdx.y;
+  const int64_t rec = 2 + D;
+  const float* base = scratch + (static_cast<int64_t>(i) * n_heads + h) * splits * rec;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, base[s * rec]);
+  float l = 0.0f;
+  for (int s = 0; s < splits; ++s) l += base[s * rec + 1] * expf(base[s * rec] - M);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.0f;
+    for (int s = 0; s < splits; ++s) a += base[s * rec + 2 + d] * expf(base[s * rec] - M);
+    out[(static_cast<int64_t>(i) * n_heads + h) * D + d] = a / l;
+  }
+}
+
+// ---- elementwise ----
+__global__ void relu2_mul_kernel(const float* __restrict__ gate, const float* __restrict__ up, int64_t count,
+                                 float* out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = fmaxf(gate[i], 0.0f);
+    out[i] = (g * g) * up[i];
+  }
+}
+
+__global__ void add_kernel(float* x, const float* __restrict__ y, int64_t count) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] += y[i];
+}
+
+// ---- LM head ----
+// One warp per row (grid-stride over rows), up to kHeadTokens token rows per pass over the weights.
+constexpr int kHeadTokens = 8;
+constexpr int kHeadThreads = 256;
+
+template <typename T>
+struct Vec16 {
+  static constexpr int kN = 16 / sizeof(T);
+};
+
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& v, float* f) {
+  if constexpr (sizeof(T) == 4) {
+    f[0] = __uint_as_float(v.x);
+    f[1] = __uint_as_float(v.y);
+    f[2] = __uint_as_float(v.z);
+    f[3] = __uint_as_float(v.w);
+  } else {
+    const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      T lo, hi;
+      const unsigned short a = static_cast<unsigned short>(u[i] & 0xffffu), b = static_cast<unsigned short>(u[i] >> 16);
+      memcpy(&lo, &a, 2);
+      memcpy(&hi, &b, 2);
+      f[2 * i] = to_f32(lo);
+      f[2 * i + 1] = to_f32(hi);
+    }
+  }
+}
+
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kHeadThreads)
+    dense_gemv_kernel(const T* __restrict__ w, int64_t rows, int cols, const float* __restrict__ x, int nt,
+                      float* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kHeadThreads / 32);
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(kHeadThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const T* wr = w + r * cols;
+    float acc[kHeadTokens];
+#pragma unroll
+    for (int j = 0; j < kHeadTokens; ++j) acc[j] = 0.0f;
+    if constexpr (kVec) {
+      constexpr int V = Vec16<T>::kN;
+      const uint4* w4 = reinterpret_cast<const uint4*>(wr);
+      const int nv = cols / V;
+      for (int c = lane; c < nv; c += 32) {
+        float f[V];
+        unpack16<T>(__ldg(w4 + c), f);
+#pragma unroll
+        for (int j = 0; j < kHeadTokens; ++j) {
+          if (j < nt) {
+            const float4* xv = reinterpret_cast<const float4*>(x + static_cast<int64_t>(j) * cols + c * V);
+#pragma unroll
+            for (int u = 0; u < V / 4; ++u) {
+              const float4 xx = __ldg(xv + u);
+              acc[j] = fmaf(f[4 * u], xx.x, acc[j]);
+              acc[j] = fmaf(f[4 * u + 1], xx.y, acc[j]);
+              acc[j] = fmaf(f[4 * u + 2], xx.z, acc[j]);
+              acc[j] = fmaf(f[4 * u + 3], xx.w, acc[j]);
+            }
+          }
+        }
+      }
+    } else {
+      for (int c = lane; c < cols; c += 32) {
+        const float wv = to_f32(wr[c]);
+#pragma unroll
+        for (int j = 0; j < kHeadTokens; ++j)
+          if (j < nt) acc[j] = fmaf(wv, x[static_cast<int64_t>(j) * cols + c], acc[j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kHeadTokens; ++j) {
+      if (j < nt) {
+        const float s = warp_sum(acc[j]);
+        if (lane == 0) out[static_cast<int64_t>(j) * rows + r] = s;
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ int dp4a_ss(int a, int b, int c) { return __dp4a(a, b, c); }
+
+__global__ void __launch_bounds__(kHeadThreads)
+    int8_gemv_kernel(const int8_t* __restrict__ w, const float* __restrict__ d, int64_t rows, int64_t stride,
+                     const int8_t* __restrict__ q, int64_t qstride, const float* __restrict__ scales, int nt,
+                     float* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kHeadThreads / 32);
+  const int nv = static_cast<int>(stride / 16);
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(kHeadThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const int4* w4 = reinterpret_cast<const int4*>(w + r * stride);
+    int acc[kHeadTokens];
+#pragma unroll
+    for (int j = 0; j < kHeadTokens; ++j) acc[j] = 0;
+    for (int c = lane; c < nv; c += 32) {
+      const int4 wv = __ldg(w4 + c);
+#pragma unroll
+      for (int j = 0; j < kHeadTokens; ++j) {
+        if (j < nt) {
+          const int4 xv = __ldg(reinterpret_cast<const int4*>(q + j * qstride) + c);
+          acc[j] = dp4a_ss(wv.x, xv.x, acc[j]);
+          acc[j] = dp4a_ss(wv.y, xv.y, acc[j]);
+          acc[j] = dp4a_ss(wv.z, xv.z, acc[j]);
+          acc[j] = dp4a_ss(wv.w, xv.w, acc[j]);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kHeadTokens; ++j) {
+      if (j < nt) {
+        const int s = warp_isum(acc[j]);
+        if (lane == 0) out[static_cast<int64_t>(j) * rows + r] = (static_cast<float>(s) / scales[j]) * d[r];
+      }
+    }
+  }
+}
+
+__global__ void argmax_kernel(const float* __restrict__ v, int64_t n, int32_t* out) {
+  __shared__ float sv[32];
+  __shared__ int64_t si[32];
+  float best = -INFINITY;
+  int64_t bi = n;  // larger than any index: loses every tie
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float x = v[i];
+    if (bi == n || x > best) {  // increasing i: the first of equal maxima stays
+      best = x;
+      bi = i;
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ob > best || (ob == best && oi < bi)) {
+      best = ob;
+      bi = oi;
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    sv[warp] = best;
+    si[warp] = bi;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w)
+      if (sv[w] > best || (sv[w] == best && si[w] < bi)) {
+        best = sv[w];
+        bi = si[w];
+      }
+    *out = static_cast<int32_t>(bi < n ? bi : 0);
+  }
+}
+
+int sm_count() {
+  static int count = [] {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      return 132;
+    return n;
+  }();
+  return count;
+}
+
+int norm_threads(int64_t dim) {
+  int t = 32;
+  while (t < 1024 && t < dim) t *= 2;
+  return t < 128 ? 128 : t;
+}
+
+}  // namespace
+
+cudaError_t embed_rows(const void* table, DenseType type, int64_t cols, const int32_t* tokens, int64_t n, float* x,
+                       cudaStream_t stream) {
+  if (n <= 0 || cols <= 0) return cudaErrorInvalidValue;
+  const unsigned b = static_cast<unsigned>(n);
+  switch (type) {
+    case DenseType::kF32: embed_kernel<<<b, 256, 0, stream>>>(static_cast<const float*>(table), cols, tokens, x); break;
+    case DenseType::kF16: embed_kernel<<<b, 256, 0, stream>>>(static_cast<const __half*>(table), cols, tokens, x); break;
+    case DenseType::kBF16:
+      embed_kernel<<<b, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(table), cols, tokens, x);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t rmsnorm_rows(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* y,
+                         cudaStream_t stream) {
+  if (n <= 0 || dim <= 0 || dim >= kMaxCols) return cudaErrorInvalidValue;
+  rmsnorm_kernel<<<static_cast<unsigned>(n), norm_threads(dim), 0, stream>>>(x, w, static_cast<int>(dim), eps, y);
+  return cudaGetLastError();
+}
+
+cudaError_t rmsnorm_quantize_rows(const float* x, const float* w, int64_t n, int64_t dim, float eps, QuantActs q,
+                                  cudaStream_t stream) {
+  if (n <= 0 || dim <= 0 || dim >= kMaxCols || q.stride < cuda_act_len(dim)) return cudaErrorInvalidValue;
+  if (dim <= kFusedMaxDim) {  // one read of the row, values in registers
+    fused_norm_quant_kernel<0><<<static_cast<unsigned>(n), fused_threads(dim), 0, stream>>>(
+        const_cast<float*>(x), nullptr, w, static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
+    return cudaGetLastError();
+  }
+  rmsnorm_quantize_kernel<<<static_cast<unsigned>(n), norm_threads(dim), 0, stream>>>(
+      x, w, static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
+  return cudaGetLastError();
+}
+
+cudaError_t add_rmsnorm_quantize_rows(float* x, const float* y, const float* w, int64_t n, int64_t dim, float eps,
+                                      QuantActs q, cudaStream_t stream) {
+  if (n <= 0 || dim <= 0 || dim > kFusedMaxDim || q.stride < cuda_act_len(dim)) return cudaErrorInvalidValue;
+  fused_norm_quant_kernel<1><<<static_cast<unsigned>(n), fused_threads(dim), 0, stream>>>(
+      x, y, w, static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
+  return cudaGetLastError();
+}
+
+cudaError_t relu2_rmsnorm_quantize_rows(const float* gate, const float* up, const float* w, int64_t n, int64_t dim,
+                                        float eps, QuantActs q, cudaStream_t stream) {
+  if (n <= 0 || dim <= 0 || dim > kFusedMaxDim || q.stride < cuda_act_len(dim)) return cudaErrorInvalidValue;
+  fused_norm_quant_kernel<2><<<static_cast<unsigned>(n), fused_threads(dim), 0, stream>>>(
+      const_cast<float*>(gate), up, w, static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
+  return cudaGetLastError();
+}
+
+cudaError_t rope_kv_store_rows(float* q, float* k, const float* v, int64_t n, int64_t n_heads, KvView kv,
+                               int64_t layer, const float* cos_t, const float* sin_t, const int32_t* pos0,
+                               cudaStream_t stream) {
+  if (n <= 0 || n_heads <= 0 || kv.head_dim <= 0 || kv.head_dim % 2 != 0 || layer < 0 || layer >= kv.n_layers)
+    return cudaErrorInvalidValue;
+  const int threads = kv.head_dim < 64 ? 32 : (kv.head_dim > 512 ? 256 : static_cast<int>(kv.head_dim / 2));
+  rope_kv_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads + kv.n_kv_heads)), threads, 0,
+                   stream>>>(q, k, v, static_cast<int>(n_heads), kv, layer, cos_t, sin_t, pos0);
+  return cudaGetLastError();
+}
+
+cudaError_t ternary_gemm(const uint8_t* w, const float* row_scale, int64_t rows, int64_t cols, QuantActs q,
+                         int64_t n, float* y, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0 || cols >= kMaxCols || n <= 0 || n > (int64_t{1} << 30) ||
+      q.stride < cuda_act_len(cols) || cuda_padded_rows(rows) / kRowsPerGroup > (int64_t{1} << 30))
+    return cudaErrorInvalidValue;
+  const int groups = static_cast<int>(cuda_padded_rows(rows) / kRowsPerGroup);
+  const dim3 grid(static_cast<unsigned>((groups + 2 * kGemmWarps - 1) / (2 * kGemmWarps)),
+                  static_cast<unsigned>((n + kGemmTokens - 1) / kGemmTokens));
+  gemm_kernel<<<grid, 32 * kGemmWarps, 0, stream>>>(reinterpret_cast<const uint4*>(w), row_scale,
+                                                    static_cast<int>(rows), groups,
+                                                    static_cast<int>(cuda_chunks(cols)), q.codes, q.stride, q.scales,
+                                                    q.sums, static_cast<int>(n), y);
+  return cudaGetLastError();
+}
+
+cudaError_t rope_rows(float* x, int64_t n, int64_t n_heads, int64_t head_dim, const float* cos_t, const float* sin_t,
+                      const int32_t* pos0, cudaStream_t stream) {
+  if (n <= 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0) return cudaErrorInvalidValue;
+  const int threads = head_dim / 2 < 32 ? 32 : (head_dim / 2 > 256 ? 256 : static_cast<int>(head_dim / 2));
+  rope_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads)), threads, 0, stream>>>(
+      x, static_cast<int>(n_heads), static_cast<int>(head_dim), cos_t, sin_t, pos0);
+  return cudaGetLastError();
+}
+
+cudaError_t kv_store_rows(KvView kv, int64_t layer, const float* k, const float* v, int64_t n, const int32_t* pos0,
+                          cudaStream_t stream) {
+  if (n <= 0 || layer < 0 || layer >= kv.n_layers) return cudaErrorInvalidValue;
+  const int threads = kv.head_dim < 32 ? 32 : (kv.head_dim > 256 ? 256 : static_cast<int>(kv.head_dim));
+  kv_store_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(2 * kv.n_kv_heads)), threads, 0, stream>>>(
+      kv, layer, k, v, pos0);
+  return cudaGetLastError();
+}
+
+int64_t attention_splits(int64_t n_ctx, int64_t n_rows) {
+  if (n_rows > 1) return 1;
+  const int64_t s = (n_ctx + 63) / 64;
+  return s < 1 ? 1 : (s > 32 ? 32 : s);
+}
+
+size_t attention_scratch_floats(int64_t n_ctx, int64_t n_rows, int64_t n_heads, int64_t head_dim) {
+  const int64_t s = attention_splits(n_ctx, n_rows);
+  return s == 1 ? 0 : static_cast<size_t>(n_rows * n_heads * s * (2 + head_dim));
+}
+
+cudaError_t attention_rows(KvView kv, int64_t layer, const float* q, int64_t n, int64_t n_heads, const int32_t* pos0,
+                           float* scratch, float* out, cudaStream_t stream) {
+  if (n <= 0 || kv.n_kv_heads <= 0 || n_heads % kv.n_kv_heads != 0 || n_heads / kv.n_kv_heads > kAttnMaxG ||
+      kv.head_dim <= 0 || kv.head_dim > kAttnMaxD || layer < 0 || layer >= kv.n_layers)
+    return cudaErrorInvalidValue;
+  const int64_t splits = attention_splits(kv.n_ctx, n);
+  if (splits > 1 && scratch == nullptr) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(kv.n_kv_heads), static_cast<unsigned>(n), static_cast<unsigned>(splits));
+  const int64_t G = n_heads / kv.n_kv_heads;
+  if ((kv.head_dim == 64 || kv.head_dim == 128) && G * kv.head_dim <= 1024) {
+    if (kv.head_dim == 64)
+      attention_fast_kernel<2><<<grid, kAttnThreads, 0, stream>>>(kv, layer, q, static_cast<int>(n_heads),
+                                                                  static_cast<int>(splits), pos0, scratch, out);
+    else
+      attention_fast_kernel<4><<<grid, kAttnThreads, 0, stream>>>(kv, layer, q, static_cast<int>(n_heads),
+                                                                  static_cast<int>(splits), pos0, scratch, out);
+  } else if (kv.f16)
+    attention_kernel<true><<<grid, kAttnThreads, 0, stream>>>(kv, layer, q, static_cast<int>(n_heads),
+                                                              static_cast<int>(splits), pos0, scratch, out);
+  else
+    attention_kernel<false><<<grid, kAttnThreads, 0, stream>>>(kv, layer, q, static_cast<int>(n_heads),
+                                                               static_cast<int>(splits), pos0, scratch, out);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess || splits == 1) return e;
+  attention_merge_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads)), 128, 0, stream>>>(
+      scratch, static_cast<int>(n_heads), static_cast<int>(kv.head_dim), static_cast<int>(splits), out);
+  return cudaGetLastError();
+}
+
+cudaError_t relu2_mul(const float* gate, const float* up, int64_t count, float* out, cudaStream_t stream) {
+  if (count <= 0) return cudaErrorInvalidValue;
+  relu2_mul_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(gate, up, count, out);
+  return cudaGetLastError();
+}
+
+cudaError_t add_inplace(float* x, const float* y, int64_t count, cudaStream_t stream) {
+  if (count <= 0) return cudaErrorInvalidValue;
+  add_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(x, y, count);
+  return cudaGetLastError();
+}
+
+cudaError_t dense_gemv(const void* w, DenseType type, int64_t rows, int64_t cols, const float* x, int64_t n,
+                       float* logits, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0 || cols >= (int64_t{1} << 30) || n <= 0) return cudaErrorInvalidValue;
+  const int64_t want = (rows + kHeadThreads / 32 - 1) / (kHeadThreads / 32);
+  const unsigned blocks = static_cast<unsigned>(want < 8 * sm_count() ? want : 8 * sm_count());
+  const size_t esize = type == DenseType::kF32 ? 4 : 2;
+  const bool vec = (cols * esize) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const int c = static_cast<int>(cols);
+  for (int64_t j = 0; j < n; j += kHeadTokens) {
+    const int nt = static_cast<int>(n - j < kHeadTokens ? n - j : kHeadTokens);
+    const float* xj = x + j * cols;
+    float* oj = logits + j * rows;
+    switch (type) {
+      case DenseType::kF32:
+        if (vec)
+          dense_gemv_kernel<float, true><<<blocks, kHeadThreads, 0, stream>>>(static_cast<const float*>(w), rows, c, xj, nt, oj);
+        else
+          dense_gemv_kernel<float, false><<<blocks, kHeadThreads, 0, stream>>>(static_cast<const float*>(w), rows, c, xj, nt, oj);
+        break;
+      case DenseType::kF16:
+        if (vec)
+          dense_gemv_kernel<__half, true><<<blocks, kHeadThreads, 0, stream>>>(static_cast<const __half*>(w), rows, c, xj, nt, oj);
+        else
+          dense_gemv_kernel<__half, false><<<blocks, kHeadThreads, 0, stream>>>(static_cast<const __half*>(w), rows, c, xj, nt, oj);
+        break;
+      case DenseType::kBF16:
+        if (vec)
+          dense_gemv_kernel<__nv_bfloat16, true><<<blocks, kHeadThreads, 0, stream>>>(
+              static_cast<const __nv_bfloat16*>(w), rows, c, xj, nt, oj);
+        else
+          dense_gemv_kernel<__nv_bfloat16, false><<<blocks, kHeadThreads, 0, stream>>>(
+              static_cast<const __nv_bfloat16*>(w), rows, c, xj, nt, oj);
+        break;
+    }
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t int8_gemv(const int8_t* w, const float* d, int64_t rows, int64_t cols, QuantActs q, int64_t n,
+                      float* logits, cudaStream_t stream) {
+  const int64_t stride = cuda_act_len(cols);
+  if (rows <= 0 || cols <= 0 || cols >= kMaxCols || n <= 0 || q.stride != stride) return cudaErrorInvalidValue;
+  const int64_t want = (rows + kHeadThreads / 32 - 1) / (kHeadThreads / 32);
+  const unsigned blocks = static_cast<unsigned>(want < 8 * sm_count() ? want : 8 * sm_count());
+  for (int64_t j = 0; j < n; j += kHeadTokens) {
+    const int nt = static_cast<int>(n - j < kHeadTokens ? n - j : kHeadTokens);
+    int8_gemv_kernel<<<blocks, kHeadThreads, 0, stream>>>(w, d, rows, stride, q.codes + j * q.stride, q.stride,
+                                                          q.scales + j, nt, logits + j * rows);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t argmax(const float* logits, int64_t n, int32_t* out, cudaStream_t stream) {
+  if (n <= 0) return cudaErrorInvalidValue;
+  argmax_kernel<<<1, 1024, 0, stream>>>(logits, n, out);
+  return cudaGetLastError();
+}
+
+}  // namespace onebit::cuda

@@ -1,0 +1,112 @@
+// CUDA kernels of the BitNet forward pass other than the decode GEMV (ternary_gemv_cuda.h):
+// embedding gather, RMSNorm (+ fused per-token int8 quantization), the W2A8 GEMM on int8 tensor
+// cores for several token rows, split-half RoPE, KV-cache stores, attention (split over the KV
+// length, then a merge), relu²·up, residual add, and the LM head (bf16/f16/f32 or int8 rows).
+// docs/kernels-cuda.md describes each; numerics follow the CPU backend (docs/engine.md).
+//
+// Like ternary_gemv_cuda.h this depends only on the CUDA runtime and the standard library. Every
+// launcher takes device pointers and a stream, never synchronizes, and returns the launch's
+// cudaError_t. Positions come from device memory (`const int32_t* pos0`): a CUDA graph captured
+// once replays with the position the host wrote there before the launch.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace onebit::cuda {
+
+enum class DenseType : uint8_t { kF32, kF16, kBF16 };
+
+// Per-token int8 activations of up to `rows` rows: codes [rows][stride] (stride = cuda_act_len(cols),
+// the tail zero), one fp32 scale s = 127/max(max|x|, 1e-5) and the code sum per row.
+struct QuantActs {
+  int8_t* codes = nullptr;
+  float* scales = nullptr;
+  int32_t* sums = nullptr;
+  int64_t stride = 0;
+};
+
+// x[i][:] = table[tokens[i]][:] as fp32. Ids must be in range (checked by the caller).
+cudaError_t embed_rows(const void* table, DenseType type, int64_t cols, const int32_t* tokens, int64_t n, float* x,
+                       cudaStream_t stream);
+
+// y = x * rsqrt(mean(x^2) + eps) * w per row (fp32; the sum of squares in fp32 by a fixed tree).
+cudaError_t rmsnorm_rows(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* y,
+                         cudaStream_t stream);
+
+// With w: y = rmsnorm(x) then per-row quantization into q; w == nullptr: quantization of x itself.
+// Quantization as quantize_activations (ternary_gemv_cuda.h). dim < kMaxCols.
+cudaError_t rmsnorm_quantize_rows(const float* x, const float* w, int64_t n, int64_t dim, float eps, QuantActs q,
+                                  cudaStream_t stream);
+
+// Fused variants (dim <= kFusedMaxDim), each the same arithmetic as the unfused sequence:
+//  - add_rmsnorm_quantize_rows: x += y (x written back: the residual stream), then as
+//    rmsnorm_quantize_rows(x, w, ...);
+//  - relu2_rmsnorm_quantize_rows: h = relu(gate)^2 * up (not stored), then rmsnorm + quantize of h.
+inline constexpr int64_t kFusedMaxDim = 8192;
+cudaError_t add_rmsnorm_quantize_rows(float* x, const float* y, const float* w, int64_t n, int64_t dim, float eps,
+                                      QuantActs q, cudaStream_t stream);
+cudaError_t relu2_rmsnorm_quantize_rows(const float* gate, const float* up, const float* w, int64_t n, int64_t dim,
+                                        float eps, QuantActs q, cudaStream_t stream);
+
+// y[i][r] = float(sum_c w[r][c] * q[i][c]) * (row_scale[r] / s_i) for n token rows (any n >= 1):
+// weights in the repack_for_cuda layout, int8 mma (m16n8k32, unsigned codes w+1 times signed
+// activations, minus the row's code sum): the integer sums are exact, so the result is bit-identical
+// to ternary_gemv / ternary_gemv_reference on each row. y is [n][rows].
+cudaError_t ternary_gemm(const uint8_t* w, const float* row_scale, int64_t rows, int64_t cols, QuantActs q,
+                         int64_t n, float* y, cudaStream_t stream);
+
+// Split-half RoPE in place on x [n][n_heads][head_dim]: row i at position *pos0 + i; cos/sin are
+// [n_pos][head_dim/2] tables (the CPU's fp32 values).
+cudaError_t rope_rows(float* x, int64_t n, int64_t n_heads, int64_t head_dim, const float* cos_t,
+                      const float* sin_t, const int32_t* pos0, cudaStream_t stream);
+
+// KV cache [2][n_layers][n_kv_heads][n_ctx][head_dim] of fp32 (f16 = false) or fp16 (f16 = true).
+struct KvView {
+  void* data = nullptr;
+  bool f16 = false;
+  int64_t n_layers = 0, n_kv_heads = 0, n_ctx = 0, head_dim = 0;
+};
+
+// Stores k and v rows [n][n_kv_heads*head_dim] at positions *pos0 .. *pos0 + n - 1 of `layer`.
+cudaError_t kv_store_rows(KvView kv, int64_t layer, const float* k, const float* v, int64_t n, const int32_t* pos0,
+                          cudaStream_t stream);
+
+// rope_rows on q ([n][n_heads][head_dim]) and k ([n][n_kv_heads][head_dim]) in place, then
+// kv_store_rows of k and v: one launch.
+cudaError_t rope_kv_store_rows(float* q, float* k, const float* v, int64_t n, int64_t n_heads, KvView kv,
+                               int64_t layer, const float* cos_t, const float* sin_t, const int32_t* pos0,
+                               cudaStream_t stream);
+
+// Scratch for attention's split-KV partial results: attention_scratch_floats(...) floats.
+int64_t attention_splits(int64_t n_ctx, int64_t n_rows);
+size_t attention_scratch_floats(int64_t n_ctx, int64_t n_rows, int64_t n_heads, int64_t head_dim);
+
+// Causal GQA attention. q and out are [n][n_heads][head_dim]; row i (position *pos0 + i) attends to
+// positions [0, *pos0 + i] of `layer`; kv head = head / (n_heads / n_kv_heads);
+// out = softmax(q.k * rsqrt(head_dim)) . v with fp32 math. Keys are cut into
+// attention_splits(n_ctx, n) ranges computed in parallel, then merged (flash-decoding).
+// head_dim <= 256 and a multiple of 32; n_heads / n_kv_heads <= 8.
+cudaError_t attention_rows(KvView kv, int64_t layer, const float* q, int64_t n, int64_t n_heads, const int32_t* pos0,
+                           float* scratch, float* out, cudaStream_t stream);
+
+// out = relu(gate)^2 * up; x += y (count elements).
+cudaError_t relu2_mul(const float* gate, const float* up, int64_t count, float* out, cudaStream_t stream);
+cudaError_t add_inplace(float* x, const float* y, int64_t count, cudaStream_t stream);
+
+// logits[i][r] = sum_c w[r][c] * x[i][c], fp32 accumulation; w dense [rows][cols].
+cudaError_t dense_gemv(const void* w, DenseType type, int64_t rows, int64_t cols, const float* x, int64_t n,
+                       float* logits, cudaStream_t stream);
+
+// int8 LM head: w [rows][stride] int8 codes (stride = cuda_act_len(cols), zero tail), d[r] per-row
+// scale; x quantized per row in q. logits[i][r] = (float(sum_c w[r][c] * q[i][c]) / s_i) * d[r],
+// the sum exact (the CPU int8 head's formula).
+cudaError_t int8_gemv(const int8_t* w, const float* d, int64_t rows, int64_t cols, QuantActs q, int64_t n,
+                      float* logits, cudaStream_t stream);
+
+// out[0] = index of the largest logits[0..n) (the lowest index among equal maxima).
+cudaError_t argmax(const float* logits, int64_t n, int32_t* out, cudaStream_t stream);
+
+}  // namespace onebit::cuda

@@ -1,0 +1,619 @@
+// Checks the forward-pass kernels of src/kernels/cuda/ops_cuda.h against plain host computations
+// on fresh random inputs (outputs poisoned before every launch):
+//  - ternary_gemm (int8 tensor cores) vs ternary_gemv_reference per token row: bit for bit;
+//  - int8_gemv, embed_rows, relu2_mul, add_inplace, kv_store_rows, argmax: exact;
+//  - rmsnorm_rows, rmsnorm_quantize_rows, rope_rows, dense_gemv, attention_rows: within fp32
+//    rounding of a double-precision host reference (tolerances below, each justified).
+// Exit 0 = all pass, 1 = a mismatch or a CUDA error. Without a CUDA device: "SKIPPED: ..." and 0.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/ternary_gemv_cuda.h"
+
+using namespace onebit::cuda;
+
+namespace {
+
+std::mt19937_64 rng(std::random_device{}());
+int failures = 0;
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) {
+    std::printf("FAIL: %s\n", what.c_str());
+    ++failures;
+  }
+}
+
+template <typename T>
+T* dev(const std::vector<T>& h) {
+  T* p = nullptr;
+  CK(cudaMalloc(&p, std::max<size_t>(h.size(), 1) * sizeof(T)));
+  if (!h.empty()) CK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return p;
+}
+template <typename T>
+T* dev_poison(size_t n) {
+  T* p = nullptr;
+  CK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
+  CK(cudaMemset(p, 0x7f, std::max<size_t>(n, 1) * sizeof(T)));
+  return p;
+}
+template <typename T>
+std::vector<T> host(const T* p, size_t n) {
+  CK(cudaDeviceSynchronize());
+  std::vector<T> h(n);
+  CK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return h;
+}
+
+std::vector<float> randn(size_t n, float sd = 1.0f) {
+  std::normal_distribution<float> d(0.0f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Host quantization (the documented formula).
+void quantize_host(const float* x, int64_t cols, int64_t stride, int8_t* q, float* s, int32_t* sum) {
+  float m = 0;
+  for (int64_t c = 0; c < cols; ++c) m = std::max(m, std::fabs(x[c]));
+  *s = 127.0f / std::max(m, 1e-5f);
+  int32_t t = 0;
+  for (int64_t c = 0; c < stride; ++c) {
+    int v = 0;
+    if (c < cols) v = static_cast<int>(std::clamp(std::nearbyint(x[c] * *s), -128.0f, 127.0f));
+    q[c] = static_cast<int8_t>(v);
+    t += v;
+  }
+  *sum = t;
+}
+
+// ---- ternary_gemm vs the reference GEMV, bit for bit ----
+void check_gemm(int64_t rows, int64_t cols, int64_t n) {
+  std::uniform_int_distribution<int> code(-1, 1);
+  std::vector<int8_t> codes(static_cast<size_t>(rows * cols));
+  for (auto& c : codes) c = static_cast<int8_t>(code(rng));
+  const std::vector<uint8_t> packed = repack_for_cuda(codes.data(), rows, cols);
+  std::vector<float> rs(static_cast<size_t>(rows));
+  for (auto& r : rs) r = 0.5f + std::uniform_real_distribution<float>(0, 1)(rng);
+  const int64_t stride = cuda_act_len(cols);
+  std::vector<int8_t> q(static_cast<size_t>(n * stride));
+  std::vector<float> sc(static_cast<size_t>(n));
+  std::vector<int32_t> sums(static_cast<size_t>(n));
+  const std::vector<float> x = randn(static_cast<size_t>(n * cols));
+  for (int64_t i = 0; i < n; ++i) quantize_host(&x[i * cols], cols, stride, &q[i * stride], &sc[i], &sums[i]);
+  uint8_t* dw = dev(packed);
+  float* drs = dev(rs);
+  QuantActs qa{dev(q), dev(sc), dev(sums), stride};
+  float* y = dev_poison<float>(static_cast<size_t>(n * rows));
+  float* yr = dev_poison<float>(static_cast<size_t>(rows));
+  CK(ternary_gemm(dw, drs, rows, cols, qa, n, y, nullptr));
+  const std::vector<float> got = host(y, static_cast<size_t>(n * rows));
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    CK(ternary_gemv_reference(dw, drs, rows, cols, qa.codes + i * stride, qa.scales + i, yr, nullptr));
+    const std::vector<float> want = host(yr, static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r)
+      if (std::memcmp(&got[i * rows + r], &want[r], 4) != 0) ++bad;
+  }
+  expect(bad == 0, "ternary_gemm " + std::to_string(rows) + "x" + std::to_string(cols) + " n=" + std::to_string(n) +
+                       ": " + std::to_string(bad) + " outputs differ from the reference");
+  cudaFree(dw);
+  cudaFree(drs);
+  cudaFree(qa.codes);
+  cudaFree(qa.scales);
+  cudaFree(qa.sums);
+  cudaFree(y);
+  cudaFree(yr);
+}
+
+// ---- rmsnorm and rmsnorm+quantize ----
+void check_norm(int64_t n, int64_t dim) {
+  const std::vector<float> x = randn(static_cast<size_t>(n * dim), 3.0f), w = randn(static_cast<size_t>(dim));
+  float* dx = dev(x);
+  float* dwt = dev(w);
+  float* y = dev_poison<float>(static_cast<size_t>(n * dim));
+  CK(rmsnorm_rows(dx, dwt, n, dim, 1e-5f, y, nullptr));
+  const std::vector<float> got = host(y, static_cast<size_t>(n * dim));
+  // fp32 sum of squares in a different order than double: relative error ~1e-6 on the factor.
+  double worst = 0;
+  std::vector<float> ref(static_cast<size_t>(n * dim));
+  for (int64_t i = 0; i < n; ++i) {
+    double ss = 0;
+    for (int64_t c = 0; c < dim; ++c) ss += double(x[i * dim + c]) * x[i * dim + c];
+    const double r = 1.0 / std::sqrt(ss / double(dim) + 1e-5);
+    for (int64_t c = 0; c < dim; ++c) {
+      const double want = double(x[i * dim + c]) * r * w[c];
+      ref[i * dim + c] = static_cast<float>(want);
+      worst = std::max(worst, std::fabs(got[i * dim + c] - want) / (std::fabs(want) + 1e-3));
+    }
+  }
+  expect(worst < 1e-5, "rmsnorm n=" + std::to_string(n) + " dim=" + std::to_string(dim) + ": rel err " + std::to_string(worst));
+  // Quantize: with the kernel's own normalised values as input (w = nullptr) the codes must be
+  // exactly the host formula's; with the norm fused, codes may move by one step only where the
+  // value sits within rounding of a .5 boundary.
+  const int64_t stride = cuda_act_len(dim);
+  QuantActs qa{dev_poison<int8_t>(static_cast<size_t>(n * stride)), dev_poison<float>(static_cast<size_t>(n)),
+               dev_poison<int32_t>(static_cast<size_t>(n)), stride};
+  CK(rmsnorm_quantize_rows(y, nullptr, n, dim, 0.0f, qa, nullptr));
+  std::vector<int8_t> q = host(qa.codes, static_cast<size_t>(n * stride)), hq(static_cast<size_t>(stride));
+  std::vector<float> s = host(qa.scales, static_cast<size_t>(n));
+  std::vector<int32_t> sum = host(qa.sums, static_cast<size_t>(n));
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    float hs;
+    int32_t hsum;
+    quantize_host(&got[i * dim], dim, stride, hq.data(), &hs, &hsum);
+    if (std::memcmp(&hs, &s[i], 4) != 0 || hsum != sum[i]) ++bad;
+    for (int64_t c = 0; c < stride; ++c) bad += hq[c] != q[i * stride + c];
+  }
+  expect(bad == 0, "quantize n=" + std::to_string(n) + " dim=" + std::to_string(dim) + ": " + std::to_string(bad) + " mismatches");
+  CK(rmsnorm_quantize_rows(dx, dwt, n, dim, 1e-5f, qa, nullptr));
+  q = host(qa.codes, static_cast<size_t>(n * stride));
+  s = host(qa.scales, static_cast<size_t>(n));
+  sum = host(qa.sums, static_cast<size_t>(n));
+  int64_t moved = 0, far = 0, badsum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    float hs;
+    int32_t hsum;
+    quantize_host(&ref[i * dim], dim, stride, hq.data(), &hs, &hsum);
+    if (std::fabs(hs - s[i]) > 1e-5 * hs) ++far;
+    int32_t t = 0;
+    for (int64_t c = 0; c < stride; ++c) {
+      const int d = std::abs(int(hq[c]) - int(q[i * stride + c]));
+      moved += d == 1;
+      far += d > 1 || (c >= dim && q[i * stride + c] != 0);
+      t += q[i * stride + c];
+    }
+    badsum += t != sum[i];
+  }
+  expect(far == 0 && badsum == 0 && moved <= 2 + n * dim / 1000,
+         "rmsnorm_quantize n=" + std::to_string(n) + " dim=" + std::to_string(dim) + ": " + std::to_string(moved) +
+             " codes one step off, " + std::to_string(far) + " far off, " + std::to_string(badsum) + " bad sums");
+  cudaFree(dx);
+  cudaFree(dwt);
+  cudaFree(y);
+  cudaFree(qa.codes);
+  cudaFree(qa.scales);
+  cudaFree(qa.sums);
+}
+
+// ---- attention (+ rope + kv_store) ----
+void check_attention(int64_t n_heads, int64_t n_kv, int64_t D, int64_t n_ctx, int64_t pos0, int64_t n, bool f16) {
+  const int64_t L = 2, layer = 1;
+  KvView kv;
+  kv.f16 = f16;
+  kv.n_layers = L;
+  kv.n_kv_heads = n_kv;
+  kv.n_ctx = n_ctx;
+  kv.head_dim = D;
+  const size_t kv_elems = static_cast<size_t>(2 * L * n_kv * n_ctx * D);
+  // Earlier positions: random values written directly; the new n rows go through kv_store_rows.
+  std::vector<float> kvf = randn(kv_elems);
+  std::vector<uint16_t> kvh(kv_elems);
+  for (size_t i = 0; i < kv_elems; ++i) {
+    const __half h = __float2half_rn(kvf[i]);
+    std::memcpy(&kvh[i], &h, 2);
+    if (f16) kvf[i] = __half2float(h);
+  }
+  kv.data = f16 ? static_cast<void*>(dev(kvh)) : static_cast<void*>(dev(kvf));
+  const std::vector<float> k = randn(static_cast<size_t>(n * n_kv * D)), v = randn(static_cast<size_t>(n * n_kv * D));
+  std::vector<float> q = randn(static_cast<size_t>(n * n_heads * D));
+  int32_t pos32 = static_cast<int32_t>(pos0);
+  int32_t* dpos = dev(std::vector<int32_t>{pos32});
+  float *dk = dev(k), *dv = dev(v), *dq = dev(q);
+  CK(kv_store_rows(kv, layer, dk, dv, n, dpos, nullptr));
+  auto off = [&](int which, int64_t h, int64_t p) {
+    return static_cast<size_t>((((which * L + layer) * n_kv + h) * n_ctx + p) * D);
+  };
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < n_kv; ++h)
+      for (int64_t d = 0; d < D; ++d)
+        for (int which = 0; which < 2; ++which) {
+          float val = (which == 0 ? k : v)[static_cast<size_t>((i * n_kv + h) * D + d)];
+          if (f16) val = __half2float(__float2half_rn(val));
+          kvf[off(which, h, pos0 + i) + d] = val;
+        }
+  // kv_store wrote exactly those values.
+  if (f16) {
+    const std::vector<uint16_t> got = host(static_cast<uint16_t*>(kv.data), kv_elems);
+    int64_t bad = 0;
+    for (size_t i = 0; i < kv_elems; ++i) {
+      const __half h = __float2half_rn(kvf[i]);
+      uint16_t u;
+      std::memcpy(&u, &h, 2);
+      bad += got[i] != u;
+    }
+    expect(bad == 0, "kv_store f16: " + std::to_string(bad) + " values differ");
+  } else {
+    const std::vector<float> got = host(static_cast<float*>(kv.data), kv_elems);
+    expect(std::memcmp(got.data(), kvf.data(), kv_elems * 4) == 0, "kv_store f32 differs");
+  }
+  const size_t sfl = attention_scratch_floats(n_ctx, n, n_heads, D);
+  float* scratch = sfl ? dev_poison<float>(sfl) : nullptr;
+  float* out = dev_poison<float>(static_cast<size_t>(n * n_heads * D));
+  CK(attention_rows(kv, layer, dq, n, n_heads, dpos, scratch, out, nullptr));
+  const std::vector<float> got = host(out, static_cast<size_t>(n * n_heads * D));
+  // Reference in double. fp32 scores and an fp32 running softmax: relative error ~1e-6 per term.
+  double worst = 0;
+  const int64_t G = n_heads / n_kv;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < n_heads; ++h) {
+      const int64_t hk = h / G, nk = pos0 + i + 1;
+      std::vector<double> sc(static_cast<size_t>(nk));
+      double m = -1e300;
+      for (int64_t j = 0; j < nk; ++j) {
+        double s = 0;
+        for (int64_t d = 0; d < D; ++d) s += double(q[(i * n_heads + h) * D + d]) * kvf[off(0, hk, j) + d];
+        sc[j] = s / std::sqrt(double(D));
+        m = std::max(m, sc[j]);
+      }
+      double l = 0;
+      for (auto& s : sc) l += (s = std::exp(s - m));
+      for (int64_t d = 0; d < D; ++d) {
+        double o = 0;
+        for (int64_t j = 0; j < nk; ++j) o += sc[j] * kvf[off(1, hk, j) + d];
+        o /= l;
+        worst = std::max(worst, std::fabs(got[(i * n_heads + h) * D + d] - o) / (std::fabs(o) + 1e-2));
+      }
+    }
+  expect(worst < 2e-4, "attention H=" + std::to_string(n_heads) + " Hkv=" + std::to_string(n_kv) + " D=" +
+                           std::to_string(D) + " ctx=" + std::to_string(n_ctx) + " pos0=" + std::to_string(pos0) +
+                           " n=" + std::to_string(n) + (f16 ? " f16" : " f32") + ": rel err " + std::to_string(worst));
+  // RoPE on q against the host formula with the same tables.
+  const int64_t half = D / 2;
+  std::vector<float> ct(static_cast<size_t>(n_ctx * half)), st(static_cast<size_t>(n_ctx * half));
+  for (int64_t p = 0; p < n_ctx; ++p)
+    for (int64_t j = 0; j < half; ++j) {
+      const double a = double(p) * std::pow(10000.0, -2.0 * double(j) / double(D));
+      ct[p * half + j] = float(std::cos(a));
+      st[p * half + j] = float(std::sin(a));
+    }
+  float *dct = dev(ct), *dst = dev(st);
+  CK(rope_rows(dq, n, n_heads, D, dct, dst, dpos, nullptr));
+  const std::vector<float> rq = host(dq, q.size());
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < n_heads; ++h)
+      for (int64_t j = 0; j < half; ++j) {
+        const float* v0 = &q[(i * n_heads + h) * D];
+        const float c = ct[(pos0 + i) * half + j], s = st[(pos0 + i) * half + j];
+        const float a = v0[j] * c - v0[j + half] * s, b = v0[j + half] * c + v0[j] * s;
+        const float* g = &rq[(i * n_heads + h) * D];
+        // fp32 with possible FMA contraction on either side: a few ulps.
+        bad += std::fabs(g[j] - a) > 1e-6f * (std::fabs(a) + 1) || std::fabs(g[j + half] - b) > 1e-6f * (std::fabs(b) + 1);
+      }
+  expect(bad == 0, "rope: " + std::to_string(bad) + " values off");
+  cudaFree(kv.data);
+  cudaFree(dpos);
+  cudaFree(dk);
+  cudaFree(dv);
+  cudaFree(dq);
+  cudaFree(scratch);
+  cudaFree(out);
+  cudaFree(dct);
+  cudaFree(dst);
+}
+
+// ---- LM heads ----
+void check_dense(DenseType type, int64_t rows, int64_t cols, int64_t n) {
+  const std::vector<float> wf = randn(static_cast<size_t>(rows * cols)), x = randn(static_cast<size_t>(n * cols));
+  std::vector<float> wv(wf.size());
+  void* dw = nullptr;
+  if (type == DenseType::kF32) {
+    wv = wf;
+    dw = dev(wf);
+  } else {
+    std::vector<uint16_t> h(wf.size());
+    for (size_t i = 0; i < wf.size(); ++i) {
+      if (type == DenseType::kF16) {
+        const __half v = __float2half_rn(wf[i]);
+        std::memcpy(&h[i], &v, 2);
+        wv[i] = __half2float(v);
+      } else {
+        const __nv_bfloat16 v = __float2bfloat16_rn(wf[i]);
+        std::memcpy(&h[i], &v, 2);
+        wv[i] = __bfloat162float(v);
+      }
+    }
+    dw = dev(h);
+  }
+  float* dx = dev(x);
+  float* out = dev_poison<float>(static_cast<size_t>(n * rows));
+  CK(dense_gemv(dw, type, rows, cols, dx, n, out, nullptr));
+  const std::vector<float> got = host(out, static_cast<size_t>(n * rows));
+  double worst = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r) {
+      double s = 0, sa = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        s += double(wv[r * cols + c]) * x[i * cols + c];
+        sa += std::fabs(double(wv[r * cols + c]) * x[i * cols + c]);
+      }
+      worst = std::max(worst, std::fabs(got[i * rows + r] - s) / (sa + 1e-30));
+    }
+  // fp32 accumulation of `cols` products: error <= ~cols * 2^-24 * sum|terms|, far less in practice.
+  expect(worst < 1e-6 * std::sqrt(double(cols)) + 1e-7,
+         "dense_gemv type " + std::to_string(int(type)) + " " + std::to_string(rows) + "x" + std::to_string(cols) +
+             " n=" + std::to_string(n) + ": err/sum|terms| " + std::to_string(worst));
+  cudaFree(dw);
+  cudaFree(dx);
+  cudaFree(out);
+}
+
+void check_int8_head(int64_t rows, int64_t cols, int64_t n) {
+  const int64_t stride = cuda_act_len(cols);
+  std::uniform_int_distribution<int> code(-127, 127);
+  std::vector<int8_t> w(static_cast<size_t>(rows * stride), 0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) w[r * stride + c] = static_cast<int8_t>(code(rng));
+  std::vector<float> d(static_cast<size_t>(rows));
+  for (auto& v : d) v = std::uniform_real_distribution<float>(0.001f, 0.02f)(rng);
+  const std::vector<float> x = randn(static_cast<size_t>(n * cols));
+  std::vector<int8_t> q(static_cast<size_t>(n * stride));
+  std::vector<float> s(static_cast<size_t>(n));
+  std::vector<int32_t> sums(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) quantize_host(&x[i * cols], cols, stride, &q[i * stride], &s[i], &sums[i]);
+  int8_t* dwq = dev(w);
+  float* dd = dev(d);
+  QuantActs qa{dev(q), dev(s), dev(sums), stride};
+  float* out = dev_poison<float>(static_cast<size_t>(n * rows));
+  CK(int8_gemv(dwq, dd, rows, cols, qa, n, out, nullptr));
+  const std::vector<float> got = host(out, static_cast<size_t>(n * rows));
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t acc = 0;
+      for (int64_t c = 0; c < cols; ++c) acc += int64_t(w[r * stride + c]) * q[i * stride + c];
+      const float want = (static_cast<float>(acc) / s[i]) * d[r];
+      bad += std::memcmp(&want, &got[i * rows + r], 4) != 0;
+    }
+  expect(bad == 0, "int8_gemv " + std::to_string(rows) + "x" + std::to_string(cols) + " n=" + std::to_string(n) + ": " +
+                       std::to_string(bad) + " differ");
+  cudaFree(dwq);
+  cudaFree(dd);
+  cudaFree(qa.codes);
+  cudaFree(qa.scales);
+  cudaFree(qa.sums);
+  cudaFree(out);
+}
+
+void check_small_ops() {
+  // embed (bf16 table), relu2_mul, add, argmax (with ties).
+  const int64_t rows = 300, cols = 72, n = 5;
+  std::vector<uint16_t> table(static_cast<size_t>(rows * cols));
+  for (auto& t : table) {
+    const __nv_bfloat16 b = __float2bfloat16_rn(std::normal_distribution<float>(0, 1)(rng));
+    std::memcpy(&t, &b, 2);
+  }
+  const std::vector<int32_t> ids = {0, 299, 17, 17, 150};
+  uint16_t* dt = dev(table);
+  int32_t* di = dev(ids);
+  float* x = dev_poison<float>(static_cast<size_t>(n * cols));
+  CK(embed_rows(dt, DenseType::kBF16, cols, di, n, x, nullptr));
+  const std::vector<float> got = host(x, static_cast<size_t>(n * cols));
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < cols; ++c) {
+      const float want = std::bit_cast<float>(uint32_t(table[ids[i] * cols + c]) << 16);
+      bad += std::memcmp(&want, &got[i * cols + c], 4) != 0;
+    }
+  expect(bad == 0, "embed_rows bf16: " + std::to_string(bad) + " differ");
+  const int64_t count = 100003;
+  const std::vector<float> g = randn(count), u = randn(count);
+  float *dg = dev(g), *du = dev(u), *o = dev_poison<float>(count);
+  CK(relu2_mul(dg, du, count, o, nullptr));
+  std::vector<float> r = host(o, count);
+  bad = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const float gg = std::max(g[i], 0.0f), want = (gg * gg) * u[i];
+    bad += std::memcmp(&want, &r[i], 4) != 0;
+  }
+  expect(bad == 0, "relu2_mul: " + std::to_string(bad) + " differ");
+  CK(add_inplace(dg, du, count, nullptr));
+  r = host(dg, count);
+  bad = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const float want = g[i] + u[i];
+    bad += std::memcmp(&want, &r[i], 4) != 0;
+  }
+  expect(bad == 0, "add_inplace: " + std::to_string(bad) + " differ");
+  for (int trial = 0; trial < 4; ++trial) {
+    const int64_t len = trial == 0 ? 1 : (trial == 1 ? 4096 : 128256);
+    std::vector<float> l = randn(static_cast<size_t>(len));
+    if (trial == 3) {  // ties: the lowest index wins
+      const float big = 100.0f;
+      l[77777] = big;
+      l[5000] = big;
+      l[100000] = big;
+    }
+    float* dl = dev(l);
+    int32_t* res = dev_poison<int32_t>(1);
+    CK(argmax(dl, len, res, nullptr));
+    const int32_t want = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+    expect(host(res, 1)[0] == want, "argmax len " + std::to_string(len));
+    cudaFree(dl);
+    cudaFree(res);
+  }
+  cudaFree(dt);
+  cudaFree(di);
+  cudaFree(x);
+  cudaFree(dg);
+  cudaFree(du);
+  cudaFree(o);
+}
+
+// The fused kernels against the unfused sequences they replace: bit for bit.
+void check_fused(int64_t n, int64_t dim) {
+  const int64_t stride = cuda_act_len(dim);
+  const std::vector<float> x = randn(static_cast<size_t>(n * dim), 2.0f), y = randn(static_cast<size_t>(n * dim)),
+                           w = randn(static_cast<size_t>(dim));
+  auto quant = [&] {
+    return QuantActs{dev_poison<int8_t>(static_cast<size_t>(n * stride)), dev_poison<float>(static_cast<size_t>(n)),
+                     dev_poison<int32_t>(static_cast<size_t>(n)), stride};
+  };
+  auto same = [&](const QuantActs& a, const QuantActs& b) {
+    return host(a.codes, static_cast<size_t>(n * stride)) == host(b.codes, static_cast<size_t>(n * stride)) &&
+           host(a.sums, static_cast<size_t>(n)) == host(b.sums, static_cast<size_t>(n)) &&
+           std::memcmp(host(a.scales, static_cast<size_t>(n)).data(), host(b.scales, static_cast<size_t>(n)).data(),
+                       static_cast<size_t>(n) * 4) == 0;
+  };
+  float *x1 = dev(x), *x2 = dev(x), *dy = dev(y), *dw = dev(w);
+  QuantActs a = quant(), b = quant();
+  CK(add_rmsnorm_quantize_rows(x1, dy, dw, n, dim, 1e-5f, a, nullptr));
+  CK(add_inplace(x2, dy, n * dim, nullptr));
+  CK(rmsnorm_quantize_rows(x2, dw, n, dim, 1e-5f, b, nullptr));
+  expect(host(x1, x.size()) == host(x2, x.size()) && same(a, b), "add_rmsnorm_quantize dim " + std::to_string(dim));
+  float* g = dev(x);
+  float* h = dev_poison<float>(x.size());
+  CK(relu2_rmsnorm_quantize_rows(g, dy, dw, n, dim, 1e-5f, a, nullptr));
+  CK(relu2_mul(g, dy, n * dim, h, nullptr));
+  CK(rmsnorm_quantize_rows(h, dw, n, dim, 1e-5f, b, nullptr));
+  expect(same(a, b), "relu2_rmsnorm_quantize dim " + std::to_string(dim));
+  for (float* p : {x1, x2, dy, dw, g, h}) cudaFree(p);
+  for (QuantActs* p : {&a, &b}) {
+    cudaFree(p->codes);
+    cudaFree(p->scales);
+    cudaFree(p->sums);
+  }
+}
+
+void check_gemv_multi() {
+  const int64_t cols = 2560, rows[3] = {2560, 640, 640};
+  std::uniform_int_distribution<int> code(-1, 1);
+  std::vector<uint8_t*> ws;
+  std::vector<float*> rss, ya, yb;
+  GemvMatrix mats[3];
+  for (int m = 0; m < 3; ++m) {
+    std::vector<int8_t> c(static_cast<size_t>(rows[m] * cols));
+    for (auto& v : c) v = static_cast<int8_t>(code(rng));
+    ws.push_back(dev(repack_for_cuda(c.data(), rows[m], cols)));
+    rss.push_back(dev(randn(static_cast<size_t>(rows[m]))));
+    ya.push_back(dev_poison<float>(static_cast<size_t>(rows[m])));
+    yb.push_back(dev_poison<float>(static_cast<size_t>(rows[m])));
+    mats[m] = GemvMatrix{ws[m], rss[m], rows[m], ya[m]};
+  }
+  const std::vector<float> x = randn(static_cast<size_t>(cols));
+  const int64_t stride = cuda_act_len(cols);
+  std::vector<int8_t> q(static_cast<size_t>(stride));
+  float s;
+  int32_t sum;
+  quantize_host(x.data(), cols, stride, q.data(), &s, &sum);
+  int8_t* dq = dev(q);
+  float* ds = dev(std::vector<float>{s});
+  int32_t* dsum = dev(std::vector<int32_t>{sum});
+  for (bool pdl : {false, true}) {
+    CK(ternary_gemv_multi(mats, 3, cols, dq, ds, dsum, nullptr, GemvConfig{2, pdl}));
+    for (int m = 0; m < 3; ++m) CK(ternary_gemv(ws[m], rss[m], rows[m], cols, dq, ds, dsum, yb[m], nullptr));
+    for (int m = 0; m < 3; ++m)
+      expect(std::memcmp(host(ya[m], static_cast<size_t>(rows[m])).data(), host(yb[m], static_cast<size_t>(rows[m])).data(),
+                         static_cast<size_t>(rows[m]) * 4) == 0,
+             "ternary_gemv_multi part " + std::to_string(m));
+  }
+  for (int m = 0; m < 3; ++m) {
+    cudaFree(ws[m]);
+    cudaFree(rss[m]);
+    cudaFree(ya[m]);
+    cudaFree(yb[m]);
+  }
+  cudaFree(dq);
+  cudaFree(ds);
+  cudaFree(dsum);
+}
+
+void check_rope_kv(int64_t H, int64_t Hkv, int64_t D, int64_t n, bool f16) {
+  KvView kv;
+  kv.f16 = f16;
+  kv.n_layers = 2;
+  kv.n_kv_heads = Hkv;
+  kv.n_ctx = 64;
+  kv.head_dim = D;
+  const size_t elems = static_cast<size_t>(2 * 2 * Hkv * 64 * D) * (f16 ? 2 : 4);
+  void* kv1 = dev_poison<uint8_t>(elems);
+  void* kv2 = dev_poison<uint8_t>(elems);
+  const std::vector<float> q = randn(static_cast<size_t>(n * H * D)), k = randn(static_cast<size_t>(n * Hkv * D)),
+                           v = randn(static_cast<size_t>(n * Hkv * D));
+  std::vector<float> ct = randn(static_cast<size_t>(64 * D / 2)), st = randn(static_cast<size_t>(64 * D / 2));
+  float *q1 = dev(q), *q2 = dev(q), *k1 = dev(k), *k2 = dev(k), *dv = dev(v), *dc = dev(ct), *ds = dev(st);
+  int32_t* pos = dev(std::vector<int32_t>{7});
+  KvView a = kv, b = kv;
+  a.data = kv1;
+  b.data = kv2;
+  CK(rope_kv_store_rows(q1, k1, dv, n, H, a, 1, dc, ds, pos, nullptr));
+  CK(rope_rows(q2, n, H, D, dc, ds, pos, nullptr));
+  CK(rope_rows(k2, n, Hkv, D, dc, ds, pos, nullptr));
+  CK(kv_store_rows(b, 1, k2, dv, n, pos, nullptr));
+  expect(host(q1, q.size()) == host(q2, q.size()) && host(k1, k.size()) == host(k2, k.size()) &&
+             host(static_cast<uint8_t*>(kv1), elems) == host(static_cast<uint8_t*>(kv2), elems),
+         "rope_kv_store D " + std::to_string(D) + (f16 ? " f16" : " f32"));
+  for (void* p : {kv1, kv2, static_cast<void*>(q1), static_cast<void*>(q2), static_cast<void*>(k1),
+                  static_cast<void*>(k2), static_cast<void*>(dv), static_cast<void*>(dc), static_cast<void*>(ds),
+                  static_cast<void*>(pos)})
+    cudaFree(p);
+}
+
+}  // namespace
+
+int main() {
+  int devices = 0;
+  const cudaError_t e = cudaGetDeviceCount(&devices);
+  if (e != cudaSuccess || devices == 0) {
+    std::printf("SKIPPED: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "device count 0");
+    return 0;
+  }
+  // GEMM: 2B-4T shapes at prefill/batch sizes, odd shapes, n around the 8/64 tile edges.
+  const int64_t shapes[][2] = {{2560, 2560}, {640, 2560}, {6912, 2560}, {2560, 6912}, {8, 64},   {9, 65},
+                               {13, 300},    {300, 13},   {100, 4097},  {24, 128},   {1, 1},    {17, 9000}};
+  const int64_t ns[] = {2, 3, 8, 17, 64, 65, 130};
+  for (auto& s : shapes)
+    for (int64_t n : ns)
+      if (s[0] * s[1] * n <= int64_t{2560} * 6912 * 130) check_gemm(s[0], s[1], n);
+  check_gemm(2560, 2560, 512);
+  for (int64_t dim : {1, 16, 64, 100, 512, 2560, 6912}) check_norm(3, dim);
+  check_norm(64, 2560);
+  // Attention: 2B-4T (20/5 x 128), default model (8/2 x 64), tiny goldens (4/2 x 16); decode with
+  // splits (n = 1 at long contexts), prefill rows, fp32 and fp16 caches.
+  for (bool f16 : {false, true}) {
+    check_attention(20, 5, 128, 4096, 0, 1, f16);
+    check_attention(20, 5, 128, 4096, 2047, 1, f16);
+    check_attention(20, 5, 128, 4096, 4095, 1, f16);
+    check_attention(20, 5, 128, 512, 100, 37, f16);
+    check_attention(8, 2, 64, 512, 0, 130, f16);
+    check_attention(8, 2, 64, 512, 300, 1, f16);
+    check_attention(4, 2, 16, 64, 10, 5, f16);
+    check_attention(4, 2, 16, 64, 63, 1, f16);
+    check_attention(4, 4, 256, 300, 299, 1, f16);
+  }
+  for (DenseType t : {DenseType::kF32, DenseType::kF16, DenseType::kBF16}) {
+    check_dense(t, 4096, 512, 1);
+    check_dense(t, 1000, 2560, 9);
+    check_dense(t, 257, 65, 3);  // unaligned rows: the scalar path
+  }
+  check_int8_head(4096, 512, 1);
+  check_int8_head(1000, 2560, 10);
+  check_int8_head(77, 100, 3);
+  check_small_ops();
+  for (int64_t dim : {64, 512, 1280, 2560, 6912, 8192}) check_fused(5, dim);
+  check_gemv_multi();
+  for (bool f16 : {false, true}) {
+    check_rope_kv(20, 5, 128, 9, f16);
+    check_rope_kv(4, 2, 16, 3, f16);
+  }
+  if (failures != 0) {
+    std::printf("ops_check: %d FAILED\n", failures);
+    return 1;
+  }
+  std::printf("ops_check: PASS\n");
+  return 0;
+}

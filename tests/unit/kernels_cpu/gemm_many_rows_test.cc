@@ -1,0 +1,171 @@
+// The many-token-row paths: the tiled AVX-512 GEMM (weights unpacked once per 64-row tile into
+// per-thread scratch, 4 row groups x 6 token rows of accumulators; from 30 token rows on, with the
+// last column blocks summed through int16 lookup tables beside it) and the attention helpers
+// dot_rows / axpy_rows. Each is checked bit for bit against a reference that does not share its
+// code: the GEMM against sums over the original int8 codes, the attention helpers against the
+// per-key dot / axpy loops they replace (on every ISA this CPU runs).
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "test_util.h"
+
+namespace onebit::cpu {
+namespace {
+
+using testing::random_floats;
+using testing::random_ternary;
+using testing::same_bits;
+using testing::supported_isas;
+
+// y[n * y_stride + r] from the codes, no packing involved.
+void ref_gemm(const TernaryMatrix& m, const QuantizedActs& x, std::vector<float>& y, int64_t y_stride) {
+  for (int64_t n = 0; n < x.rows(); ++n) {
+    for (int64_t r = 0; r < m.rows; ++r) {
+      int64_t acc = 0;  // int64: independent of the kernels' int32 argument
+      for (int64_t c = 0; c < m.cols; ++c) acc += int64_t{m.codes[r * m.cols + c]} * x.row(n)[c];
+      const float ws = m.scales.size() == 1 ? m.scales[0] : m.scales[r];
+      y[n * y_stride + r] = static_cast<float>(acc) * (ws / x.scale[n]);
+    }
+  }
+}
+
+void expect_gemm_matches(const TernaryMatrix& m, const QuantizedActs& q, ThreadPool* pool, const char* what) {
+  const PackedTernary p = repack_for_cpu(m);
+  const int64_t n = q.rows(), y_stride = m.rows + 3;  // gaps between output rows must stay untouched
+  std::vector<float> expect(static_cast<size_t>(n * y_stride + 1), -7.0f);
+  ref_gemm(m, q, expect, y_stride);
+  for (Isa isa : supported_isas()) {
+    std::vector<float> y(expect.size(), -7.0f);
+    ternary_gemm(p, q, y.data(), y_stride, pool, isa);
+    for (size_t i = 0; i < y.size(); ++i) {
+      ASSERT_TRUE(same_bits(y[i], expect[i])) << what << " " << isa_name(isa) << " " << m.rows << "x" << m.cols
+                                              << " n=" << n << " i=" << i << ": " << y[i] << " vs " << expect[i];
+    }
+  }
+}
+
+// Every (row groups in the last tile) x (token rows in the last token tile) combination, odd shapes,
+// 1..3 threads: tiles are 4 row groups = 64 rows, token tiles 6 rows, table blocks 30 rows (plus a
+// tail through vpdpbusd alone); columns from 113 on (8 blocks) have a table share.
+TEST(TernaryGemmManyRows, BitIdenticalOnFreshRandomShapes) {
+  std::mt19937 rng(20261127);
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  ThreadPool* pools[] = {&pool1, &pool2, &pool3, nullptr};
+  std::uniform_int_distribution<int64_t> odd_cols(1, 700);
+  // rows: 1 group, 2, 3, 4 (one full tile), 4 + 1..3, 8, and non-multiples of 16 throughout.
+  const int64_t row_cases[] = {1, 17, 40, 63, 64, 65, 100, 129, 191, 200, 256, 333};
+  int it = 0;
+  for (int64_t rows : row_cases) {
+    const int64_t cols = it == 0 ? 2560 : odd_cols(rng);
+    const TernaryMatrix m = random_ternary(rng, rows, cols, it % 2 == 1);
+    for (int64_t n : {4, 5, 7, 11, 12, 23, 30, 31, 41, 60, 67}) {
+      const auto x = random_floats(rng, n * cols, 2.0f);
+      QuantizedActs q;
+      quantize_activations(x.data(), n, cols, cols, q, Isa::kScalar);
+      expect_gemm_matches(m, q, pools[(it + n) % 4], "random");
+    }
+    ++it;
+  }
+}
+
+// A prefill-sized batch on a real projection shape (2B-4T k/v: 640 x 2560), and the widest one
+// (down: 2560 x 6912 -> here 80 x 6912 to keep the reference fast).
+TEST(TernaryGemmManyRows, ModelShapes) {
+  std::mt19937 rng(5);
+  ThreadPool pool(2);
+  for (auto [rows, cols, n] : {std::tuple<int64_t, int64_t, int64_t>{640, 2560, 64}, {80, 6912, 29}}) {
+    const TernaryMatrix m = random_ternary(rng, rows, cols, false);
+    const auto x = random_floats(rng, n * cols);
+    QuantizedActs q;
+    quantize_activations(x.data(), n, cols, cols, q);
+    expect_gemm_matches(m, q, &pool, "model shape");
+  }
+}
+
+// Extreme sums through the tiled and table paths: all weights +1 or -1, activation codes at -128
+// and +127 (written by hand: quantization itself never produces -128), the widest BitNet rows + 5.
+// With n = 36 every table entry used is +-384 or +-381, the int16 bound the flush interval rests on.
+TEST(TernaryGemmManyRows, ExtremeValuesStayExact) {
+  for (int sign : {-1, 1}) {
+    for (int8_t code : {int8_t{-128}, int8_t{127}}) {
+      TernaryMatrix m;
+      m.rows = 70;
+      m.cols = 6912 + 5;
+      m.codes.assign(static_cast<size_t>(m.rows * m.cols), static_cast<int8_t>(sign));
+      m.codes[5] = 0;  // one row not quite uniform
+      m.scales = {1.0f};
+      for (int64_t n : {7, 36}) {
+      std::vector<float> x(static_cast<size_t>(n * m.cols), 1.0f);
+      QuantizedActs q;
+      quantize_activations(x.data(), n, m.cols, m.cols, q);
+      for (int64_t i = 0; i < n; ++i) {
+        int32_t sum = 0;
+        for (int64_t c = 0; c < m.cols; ++c) {
+          const int8_t v = (i % 2 == 0 || c % 3 != 0) ? code : static_cast<int8_t>(-code - 1);
+          q.row(i)[c] = v;
+          sum += v;
+        }
+        q.sum[static_cast<size_t>(i)] = sum;
+        q.scale[static_cast<size_t>(i)] = 1.0f + static_cast<float>(i);
+      }
+      expect_gemm_matches(m, q, nullptr, "extreme");
+      }
+    }
+  }
+}
+
+// Batches of 2 and 3 rows take the per-block path, 4 and more the tiled one: both must agree with
+// the GEMV of each row (the decode path).
+TEST(TernaryGemmManyRows, AgreesWithGemvRowByRow) {
+  std::mt19937 rng(9);
+  const TernaryMatrix m = random_ternary(rng, 150, 333, true);
+  const PackedTernary p = repack_for_cpu(m);
+  for (int64_t n : {2, 3, 4, 9}) {
+    const auto x = random_floats(rng, n * m.cols);
+    QuantizedActs q;
+    quantize_activations(x.data(), n, m.cols, m.cols, q);
+    for (Isa isa : supported_isas()) {
+      std::vector<float> y(static_cast<size_t>(n * m.rows));
+      ternary_gemm(p, q, y.data(), m.rows, nullptr, isa);
+      for (int64_t i = 0; i < n; ++i) {
+        std::vector<float> g(static_cast<size_t>(m.rows));
+        ternary_gemv(p, q, g.data(), nullptr, isa, i);
+        for (int64_t r = 0; r < m.rows; ++r) ASSERT_TRUE(same_bits(g[r], y[i * m.rows + r])) << isa_name(isa);
+      }
+    }
+  }
+}
+
+TEST(AttentionRows, DotRowsAndAxpyRowsEqualThePerKeyLoops) {
+  std::mt19937 rng(77);
+  for (int64_t d : {1, 7, 15, 16, 17, 64, 100, 128, 129, 200, 256, 300}) {
+    for (int64_t n_keys : {0, 1, 3, 4, 5, 8, 17, 66}) {
+      const int64_t stride = d + (d % 3);  // also rows that are not 64-byte aligned
+      const auto q = random_floats(rng, d);
+      const auto k = random_floats(rng, std::max<int64_t>(n_keys * stride, 1));
+      std::vector<float> p = random_floats(rng, std::max<int64_t>(n_keys, 1), 0.3f);
+      const auto out0 = random_floats(rng, d + 1);
+      for (Isa isa : supported_isas()) {
+        SCOPED_TRACE(std::string(isa_name(isa)) + " d=" + std::to_string(d) + " keys=" + std::to_string(n_keys));
+        std::vector<float> s(static_cast<size_t>(n_keys) + 1, -7.0f);
+        dot_rows(q.data(), k.data(), stride, n_keys, d, s.data(), isa);
+        for (int64_t j = 0; j < n_keys; ++j) ASSERT_TRUE(same_bits(s[j], dot(q.data(), k.data() + j * stride, d, isa)));
+        ASSERT_EQ(s.back(), -7.0f);
+        std::vector<float> a = out0, b = out0;
+        axpy_rows(p.data(), k.data(), stride, n_keys, d, a.data(), isa);
+        for (int64_t j = 0; j < n_keys; ++j) axpy(p[j], k.data() + j * stride, b.data(), d, isa);
+        for (int64_t i = 0; i <= d; ++i) ASSERT_TRUE(same_bits(a[i], b[i])) << "i=" << i;  // [d] untouched
+      }
+      // And across ISAs (each ISA's dot/axpy is already checked against the scalar reference).
+      std::vector<float> s0(static_cast<size_t>(n_keys) + 1), s1(s0.size());
+      dot_rows(q.data(), k.data(), stride, n_keys, d, s0.data(), Isa::kScalar);
+      dot_rows(q.data(), k.data(), stride, n_keys, d, s1.data());
+      for (int64_t j = 0; j < n_keys; ++j) ASSERT_TRUE(same_bits(s0[j], s1[j]));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace onebit::cpu

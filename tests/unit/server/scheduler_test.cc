@@ -1,0 +1,302 @@
+// The Scheduler of `1bit serve` (src/server/scheduler.h) on the default model: prefix reuse,
+// slot choice, the queue limit, cancellation, logprobs, embeddings, and the metrics it records.
+#include "server/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/formats/model_loader.h"
+
+namespace onebit::server {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Result {
+  std::string text;
+  std::vector<TokenEvent> events;
+  TokenEvent last;
+};
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    model_ = load_model((std::filesystem::path(ONEBIT_SOURCE_DIR) / "models/1bit-brown-26m.h1b").string()).release();
+    tok_ = new Tokenizer(Tokenizer::from_data(model_->tokenizer));
+    EngineOptions o;
+    o.n_ctx = 256;
+    o.n_threads = 1;
+    engine_ = Engine::load(*model_, o).release();
+  }
+  static void TearDownTestSuite() {
+    delete engine_;
+    delete tok_;
+    delete model_;
+  }
+
+  std::shared_ptr<Job> job(std::vector<int32_t> prompt, int max_tokens, float temperature = 0.0f) {
+    auto j = std::make_shared<Job>();
+    j->prompt = std::move(prompt);
+    j->sampling.temperature = temperature;
+    j->sampling.max_tokens = max_tokens;
+    j->sampling.seed = 7;
+    return j;
+  }
+
+  std::vector<int32_t> encode(const std::string& text) {
+    std::vector<int32_t> ids = tok_->encode(text);
+    ids.insert(ids.begin(), tok_->bos_id());
+    return ids;
+  }
+
+  // Gives the Jobs one channel and submits them; false if the Scheduler refused them.
+  bool submit(Scheduler& s, const std::vector<std::shared_ptr<Job>>& jobs) {
+    auto ch = std::make_shared<EventChannel>(ioc_.get_executor(), s.channel_capacity(jobs));
+    for (const auto& j : jobs) j->channel = ch;
+    return s.submit(jobs);
+  }
+
+  // Waits (polling the channel, at most 30 s) for `finals` final events.
+  Result wait(const std::shared_ptr<Job>& j, int finals = 1) {
+    Result r;
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    int done = 0;
+    while (done < finals && std::chrono::steady_clock::now() < deadline) {
+      const bool got = j->channel->try_receive([&](boost::system::error_code, TokenEvent ev) {
+        r.text += ev.text;
+        if (ev.done) {
+          ++done;
+          r.last = ev;
+        }
+        r.events.push_back(std::move(ev));
+      });
+      if (!got) std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_EQ(done, finals) << "timed out";
+    return r;
+  }
+
+  Result run(Scheduler& s, std::shared_ptr<Job> j) {
+    EXPECT_TRUE(submit(s, {j}));
+    return wait(j);
+  }
+
+  // Polls until pred() holds (at most 10 s).
+  template <typename Pred>
+  static bool eventually(Pred pred) {
+    for (int i = 0; i < 10000; ++i) {
+      if (pred()) return true;
+      std::this_thread::sleep_for(1ms);
+    }
+    return pred();
+  }
+
+  static Model* model_;
+  static Tokenizer* tok_;
+  static Engine* engine_;
+  boost::asio::io_context ioc_;  // never run: the channels are only polled
+};
+
+Model* SchedulerTest::model_ = nullptr;
+Tokenizer* SchedulerTest::tok_ = nullptr;
+Engine* SchedulerTest::engine_ = nullptr;
+
+TEST(SchedulerPrefix, CommonPrefix) {
+  const std::vector<int32_t> a = {1, 2, 3, 4}, b = {1, 2, 9}, e;
+  EXPECT_EQ(common_prefix(a, b), 2u);
+  EXPECT_EQ(common_prefix(a, a), 4u);
+  EXPECT_EQ(common_prefix(a, e), 0u);
+  EXPECT_EQ(common_prefix(std::vector<int32_t>{1, 2}, a), 2u);
+}
+
+TEST_F(SchedulerTest, SecondIdenticalRequestReusesThePrefixAndGivesTheSameText) {
+  Metrics metrics;
+  Scheduler s(*engine_, *tok_, 1, 0, &metrics);
+  const std::vector<int32_t> prompt = encode("The old city by the river was quiet in the morning");
+  const Result a = run(s, job(prompt, 12));
+  EXPECT_EQ(a.last.cached_tokens, 0);
+  EXPECT_EQ(a.last.completion_tokens, 12);
+  const Result b = run(s, job(prompt, 12));
+  EXPECT_EQ(b.last.cached_tokens, static_cast<int64_t>(prompt.size()) - 1);  // the last token is run again
+  EXPECT_EQ(b.text, a.text);
+  EXPECT_EQ(b.last.finish_reason, a.last.finish_reason);
+
+  // A longer prompt that continues the first reuses at least the whole first prompt.
+  std::vector<int32_t> longer = prompt;
+  for (int32_t id : tok_->encode(" and the bells rang")) longer.push_back(id);
+  const Result c = run(s, job(longer, 4));
+  EXPECT_GE(c.last.cached_tokens, static_cast<int64_t>(prompt.size()));
+  EXPECT_LT(c.last.cached_tokens, static_cast<int64_t>(longer.size()));
+
+  const Metrics::Totals t = metrics.totals();
+  EXPECT_EQ(t.prompt_tokens, 2 * prompt.size() + longer.size());
+  EXPECT_EQ(t.reused_tokens, static_cast<uint64_t>(b.last.cached_tokens + c.last.cached_tokens));
+  EXPECT_EQ(t.generated_tokens, static_cast<uint64_t>(a.last.completion_tokens + b.last.completion_tokens +
+                                                      c.last.completion_tokens));
+  uint64_t ttft = 0;
+  for (uint64_t n : t.ttft) ttft += n;
+  EXPECT_EQ(ttft, 3u);
+}
+
+TEST_F(SchedulerTest, JobGoesToTheSessionWithTheLongestPrefix) {
+  Scheduler s(*engine_, *tok_, 2);
+  const std::vector<int32_t> p1 = encode("Once upon a time in the north there lived a miller");
+  const std::vector<int32_t> p2 = encode("Prices of wheat and corn rose sharply during the war");
+  const Result a1 = run(s, job(p1, 3));
+  // Shares only BOS with p1's session: goes to the other (least recently used, empty) one.
+  const Result a2 = run(s, job(p2, 3));
+  EXPECT_EQ(a2.last.cached_tokens, 0);
+  const Result b1 = run(s, job(p1, 3));
+  EXPECT_EQ(b1.last.cached_tokens, static_cast<int64_t>(p1.size()) - 1);
+  EXPECT_EQ(b1.text, a1.text);
+  const Result b2 = run(s, job(p2, 3));
+  EXPECT_EQ(b2.last.cached_tokens, static_cast<int64_t>(p2.size()) - 1);
+  EXPECT_EQ(b2.text, a2.text);
+  const SchedulerStats st = s.stats();
+  EXPECT_EQ(st.running, 0);
+  EXPECT_EQ(st.kv_running, 0);
+  EXPECT_GE(st.kv_cached, static_cast<int64_t>(p1.size() + p2.size()));
+  EXPECT_EQ(st.kv_total, 2 * engine_->n_ctx());
+}
+
+TEST_F(SchedulerTest, FullQueueRefusesAndCancelledJobsFreeTheirSession) {
+  Scheduler s(*engine_, *tok_, 1, 1);
+  const std::vector<int32_t> prompt = encode("The river");
+  auto long_job = [&] {
+    auto j = job(prompt, 200, 1.0f);
+    for (int32_t id : {0, 1, 2}) j->sampling.logit_bias[id] = -100;  // no end of text: only cancel ends it
+    return j;
+  };
+  auto j1 = long_job(), j2 = long_job(), j3 = long_job();
+  ASSERT_TRUE(submit(s, {j1}));
+  ASSERT_TRUE(eventually([&] { return s.stats().running == 1 && s.stats().queued == 0; }));
+  EXPECT_TRUE(submit(s, {j2}));  // waits: the queue held nothing
+  EXPECT_EQ(s.stats().queued, 1);
+  EXPECT_FALSE(submit(s, {j3}));  // the queue is full: refused, nothing queued
+  EXPECT_EQ(s.stats().queued, 1);
+  j1->cancelled = true;  // the client went away: j2 gets the session at the next turn
+  EXPECT_TRUE(eventually([&] { return s.stats().queued == 0 && s.stats().running == 1; }));
+  j2->cancelled = true;
+  EXPECT_TRUE(eventually([&] { return s.stats().running == 0; }));
+  EXPECT_EQ(s.stats().kv_running, 0);
+  // No final event for a cancelled Job, and far fewer than 200 tokens were sent.
+  size_t events = 0;
+  bool final_seen = false;
+  while (j1->channel->try_receive([&](boost::system::error_code, TokenEvent ev) { final_seen |= ev.done; })) ++events;
+  EXPECT_FALSE(final_seen);
+  EXPECT_LT(events, 200u);
+  // The session works for the next Job.
+  const Result r = run(s, job(prompt, 2));
+  EXPECT_EQ(r.last.completion_tokens, 2);
+}
+
+TEST_F(SchedulerTest, SeveralJobsShareAChannelByIndex) {
+  Scheduler s(*engine_, *tok_, 2);
+  const std::vector<int32_t> prompt = encode("In the spring of that year");
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (int i = 0; i < 3; ++i) {
+    jobs.push_back(job(prompt, 6, 1.0f));
+    jobs.back()->index = i;
+    jobs.back()->sampling.seed = 100 + static_cast<uint64_t>(i % 2);  // jobs 0 and 2 share a seed
+  }
+  ASSERT_TRUE(submit(s, jobs));
+  const Result r = wait(jobs[0], 3);
+  std::vector<std::string> text(3);
+  std::vector<int> finals(3, 0);
+  for (const TokenEvent& ev : r.events) {
+    ASSERT_GE(ev.index, 0);
+    ASSERT_LT(ev.index, 3);
+    text[static_cast<size_t>(ev.index)] += ev.text;
+    finals[static_cast<size_t>(ev.index)] += ev.done;
+  }
+  EXPECT_EQ(finals, (std::vector<int>{1, 1, 1}));
+  EXPECT_EQ(text[0], text[2]);  // same seed, same prompt
+}
+
+TEST_F(SchedulerTest, LogprobsOnePerGeneratedToken) {
+  Scheduler s(*engine_, *tok_, 1);
+  auto j = job(encode("The church stood on the hill above the"), 10);
+  j->logprobs = true;
+  j->sampling.n_logprobs = 3;
+  const Result r = run(s, j);
+  std::vector<TokenLogprobs> all;
+  for (const TokenEvent& ev : r.events) all.insert(all.end(), ev.logprobs.begin(), ev.logprobs.end());
+  ASSERT_EQ(static_cast<int64_t>(all.size()), r.last.completion_tokens);
+  std::vector<int32_t> ids;
+  for (const TokenLogprobs& t : all) {
+    ASSERT_EQ(t.top.size(), 3u);
+    EXPECT_EQ(t.chosen.id, t.top[0].id);  // greedy picks the most likely
+    EXPECT_EQ(t.chosen.logprob, t.top[0].logprob);
+    EXPECT_LE(t.chosen.logprob, 0.0f);
+    EXPECT_GE(t.top[0].logprob, t.top[1].logprob);
+    EXPECT_GE(t.top[1].logprob, t.top[2].logprob);
+    ids.push_back(t.chosen.id);
+  }
+  EXPECT_EQ(tok_->decode(ids, true), r.text);  // the logprobs' tokens are the text's
+}
+
+TEST_F(SchedulerTest, EmbeddingsAreMeanPooledAndNormalised) {
+  Metrics metrics;
+  Scheduler s(*engine_, *tok_, 1, 0, &metrics);
+  const std::vector<int32_t> a = encode("The old mill"), b = encode("Stocks fell");
+  auto j = std::make_shared<Job>();
+  j->kind = Job::Kind::kEmbed;
+  j->inputs = {a, b, a};
+  const Result r = run(s, j);
+  ASSERT_EQ(r.events.size(), 4u);
+  EXPECT_EQ(r.last.prompt_tokens, static_cast<int64_t>(2 * a.size() + b.size()));
+  EXPECT_EQ(metrics.totals().embedding_tokens, 2 * a.size() + b.size());
+  std::vector<std::vector<float>> v(3);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(r.events[i].index, static_cast<int>(i));
+    v[i] = r.events[i].embedding;
+    ASSERT_EQ(static_cast<int64_t>(v[i].size()), engine_->config().hidden_size);
+    double n2 = 0;
+    for (float x : v[i]) n2 += double(x) * x;
+    EXPECT_NEAR(n2, 1.0, 1e-5);
+  }
+  EXPECT_EQ(v[0], v[2]);
+  EXPECT_NE(v[0], v[1]);
+  // The same pooling computed here from the engine's hidden states.
+  auto session = engine_->new_session();
+  const std::vector<float> rows = session->hidden_states(b);
+  const size_t dim = v[1].size();
+  std::vector<double> mean(dim, 0.0);
+  for (size_t t = 0; t < b.size(); ++t)
+    for (size_t d = 0; d < dim; ++d) mean[d] += rows[t * dim + d] / double(b.size());
+  double n2 = 0;
+  for (double x : mean) n2 += x * x;
+  for (size_t d = 0; d < dim; ++d) EXPECT_NEAR(v[1][d], mean[d] / std::sqrt(n2), 1e-5) << d;
+  // An embedding Job leaves its session usable for generation.
+  EXPECT_EQ(run(s, job(a, 2)).last.completion_tokens, 2);
+}
+
+TEST_F(SchedulerTest, EngineErrorsEndTheJobWithAnError) {
+  Scheduler s(*engine_, *tok_, 1);
+  auto j = std::make_shared<Job>();
+  j->kind = Job::Kind::kEmbed;
+  j->inputs = {{5, 6, 1 << 20}};  // outside the vocabulary: the engine throws
+  const Result r = run(s, j);
+  EXPECT_FALSE(r.last.error.empty());
+  EXPECT_NE(r.last.error.find("vocabulary"), std::string::npos) << r.last.error;
+  EXPECT_EQ(run(s, job(encode("After the error"), 2)).last.completion_tokens, 2);
+}
+
+TEST_F(SchedulerTest, ShutdownEndsQueuedJobs) {
+  auto s = std::make_unique<Scheduler>(*engine_, *tok_, 1);
+  s->shutdown();
+  auto j = job(encode("Too late"), 2);
+  EXPECT_TRUE(submit(*s, {j}));
+  EXPECT_EQ(wait(j).last.error, "the server is shutting down");
+}
+
+}  // namespace
+}  // namespace onebit::server
