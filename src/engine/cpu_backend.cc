@@ -10,6 +10,7 @@
 #include "core/base/error.h"
 #include "core/base/half.h"
 #include "core/base/ternary_packing.h"
+#include "engine/rope_tables.h"
 #include "kernels/cpu/cpu_kernels.h"
 
 namespace onebit {
@@ -261,26 +262,11 @@ WeightHandle CpuBackend::add_dense_int8(const Tensor& t) {
 }
 
 void CpuBackend::init_rope(int64_t head_dim, double theta, int64_t n_pos) {
-  if (head_dim <= 0 || head_dim % 2 != 0) fail("rope: head_dim must be even and positive, got {}", head_dim);
-  const int64_t half = head_dim / 2;
+  RopeTables t = make_rope_tables(head_dim, theta, n_pos);
   impl_->head_dim = head_dim;
   impl_->n_pos = n_pos;
-  impl_->cos.assign(static_cast<size_t>(n_pos * half), 0.0f);
-  impl_->sin.assign(static_cast<size_t>(n_pos * half), 0.0f);
-  // transformers: inv_freq = 1 / theta ** (arange(0, D, 2).float() / D), all fp32; the angle is
-  // the fp32 product pos * inv_freq; cos/sin of that fp32 angle (computed in double, rounded once).
-  std::vector<float> inv(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i) {
-    const float e = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-    const float p = static_cast<float>(std::pow(static_cast<double>(static_cast<float>(theta)), static_cast<double>(e)));
-    inv[static_cast<size_t>(i)] = 1.0f / p;
-  }
-  for (int64_t pos = 0; pos < n_pos; ++pos)
-    for (int64_t i = 0; i < half; ++i) {
-      const float a = static_cast<float>(pos) * inv[static_cast<size_t>(i)];
-      impl_->cos[static_cast<size_t>(pos * half + i)] = static_cast<float>(std::cos(static_cast<double>(a)));
-      impl_->sin[static_cast<size_t>(pos * half + i)] = static_cast<float>(std::sin(static_cast<double>(a)));
-    }
+  impl_->cos = std::move(t.cos);
+  impl_->sin = std::move(t.sin);
 }
 
 void* CpuBackend::alloc(size_t bytes) {

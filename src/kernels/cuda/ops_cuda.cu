@@ -11,51 +11,40 @@
 namespace onebit::cuda {
 namespace {
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ int warp_isum(int v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+struct SumOp {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
 
-// Block-wide reductions (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
-// `red` is 32 slots of shared memory; the call ends with a barrier so `red` can be reused.
-__device__ float block_sum(float v, float* red) {
+template <typename T, typename Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp{}); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce(v, MaxOp{}); }
+__device__ __forceinline__ int warp_isum(int v) { return warp_reduce(v, SumOp{}); }
+
+// Block-wide reduction (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+// `red` is 32 slots of shared memory; the call ends with a barrier so `red` can be reused. The
+// warps' results are combined in a fixed order starting from `init`: the same in every thread.
+template <typename T, typename Op>
+__device__ T block_reduce(T v, T init, T* red, Op op) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_sum(v);
+  v = warp_reduce(v, op);
   if (lane == 0) red[warp] = v;
   __syncthreads();
-  float t = 0.0f;
-  for (int i = 0; i < nw; ++i) t += red[i];  // fixed order: the same result in every thread
+  T t = init;
+  for (int i = 0; i < nw; ++i) t = op(t, red[i]);
   __syncthreads();
   return t;
 }
-__device__ float block_max(float v, float* red) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_max(v);
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float t = -INFINITY;
-  for (int i = 0; i < nw; ++i) t = fmaxf(t, red[i]);
-  __syncthreads();
-  return t;
-}
-__device__ int block_isum(int v, int* red) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_isum(v);
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  int t = 0;
-  for (int i = 0; i < nw; ++i) t += red[i];
-  __syncthreads();
-  return t;
-}
+__device__ float block_sum(float v, float* red) { return block_reduce(v, 0.0f, red, SumOp{}); }
+__device__ float block_max(float v, float* red) { return block_reduce(v, -INFINITY, red, MaxOp{}); }
+__device__ int block_isum(int v, int* red) { return block_reduce(v, 0, red, SumOp{}); }
 
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }

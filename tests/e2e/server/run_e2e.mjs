@@ -6,7 +6,7 @@
 //
 // DIR holds node_modules (default: this folder). Exits 1 on the first failed check.
 import { createRequire } from "node:module";
-import { spawn } from "node:child_process";
+import { spawnServer } from "./serve.mjs";
 import assert from "node:assert/strict";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -31,24 +31,7 @@ const MODEL_ID = path.basename(model).replace(/\.[^.]*$/, "");
 // Starts `1bit serve --port 0 ...` and resolves with {proc, base, log()} once /health answers.
 async function startServer(extra = []) {
   const defaults = extra.includes("--parallel") ? [] : ["--parallel", "4"];
-  const proc = spawn(cli, ["serve", "-m", model, "--port", "0", "-t", "2", ...defaults, ...extra], {
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let stderr = "";
-  const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve({ code, signal })));
-  const port = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${stderr}`)), 20000);
-    proc.stderr.on("data", (d) => {
-      stderr += d;
-      const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(stderr);
-      if (m) {
-        clearTimeout(timer);
-        resolve(Number(m[1]));
-      }
-    });
-    proc.on("exit", (code) => reject(new Error(`server exited with ${code}:\n${stderr}`)));
-  });
-  const base = `http://127.0.0.1:${port}`;
+  const { proc, base, exited, log } = await spawnServer(cli, ["-m", model, "--port", "0", "-t", "2", ...defaults, ...extra]);
   for (let i = 0; ; ++i) {
     try {
       const r = await fetch(`${base}/health`);
@@ -65,7 +48,7 @@ async function startServer(extra = []) {
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { proc, base, exited, log: () => stderr };
+  return { proc, base, exited, log };
 }
 
 async function stopServer(srv) {

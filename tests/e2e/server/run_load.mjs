@@ -5,7 +5,7 @@
 // not keep growing from the first half of the run to the second.
 //
 //   node run_load.mjs --cli PATH/TO/1bit --model MODEL.h1b [--clients 64] [--seconds 20]
-import { spawn } from "node:child_process";
+import { spawnServer, waitHealthy } from "./serve.mjs";
 import { readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 
@@ -24,29 +24,9 @@ if (!cli || !model) {
 }
 
 async function startServer() {
-  const proc = spawn(cli, ["serve", "-m", model, "--port", "0", "-t", "2", "--parallel", "4"], { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve({ code, signal })));
-  const port = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${stderr}`)), 20000);
-    proc.stderr.on("data", (d) => {
-      stderr += d;
-      if (stderr.length > 1 << 20) stderr = stderr.slice(-(1 << 19));  // one log line per request
-      const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(stderr);
-      if (m) {
-        clearTimeout(timer);
-        resolve(Number(m[1]));
-      }
-    });
-    proc.on("exit", (code) => reject(new Error(`server exited with ${code}:\n${stderr}`)));
-  });
-  const base = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 400; ++i) {
-    const r = await fetch(`${base}/health`).catch(() => null);
-    if (r?.status === 200) break;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return { proc, base, exited, log: () => stderr };
+  const s = await spawnServer(cli, ["-m", model, "--port", "0", "-t", "2", "--parallel", "4"]);
+  await waitHealthy(s.base);
+  return s;
 }
 
 const rssKiB = (pid) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]);

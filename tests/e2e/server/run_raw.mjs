@@ -4,7 +4,7 @@
 //   node run_raw.mjs --cli PATH/TO/1bit --model MODEL.h1b
 //
 // Exits 1 if a check fails.
-import { spawn } from "node:child_process";
+import { spawnServer, waitHealthy } from "./serve.mjs";
 import net from "node:net";
 import assert from "node:assert/strict";
 
@@ -23,28 +23,10 @@ const TIMEOUT_S = 1;  // the server's --timeout
 const ALLOWED = "http://allowed.example";
 
 async function startServer() {
-  const proc = spawn(cli, ["serve", "-m", model, "--port", "0", "-t", "2", "--parallel", "2", "--timeout", String(TIMEOUT_S),
-    "--cors-origin", ALLOWED, "--cors-origin", "http://also.example"], { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve({ code, signal })));
-  const port = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${stderr}`)), 20000);
-    proc.stderr.on("data", (d) => {
-      stderr += d;
-      const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(stderr);
-      if (m) {
-        clearTimeout(timer);
-        resolve(Number(m[1]));
-      }
-    });
-    proc.on("exit", (code) => reject(new Error(`server exited with ${code}:\n${stderr}`)));
-  });
-  for (let i = 0; i < 400; ++i) {
-    const r = await fetch(`http://127.0.0.1:${port}/health`).catch(() => null);
-    if (r?.status === 200) break;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return { proc, port, exited, log: () => stderr };
+  const s = await spawnServer(cli, ["-m", model, "--port", "0", "-t", "2", "--parallel", "2", "--timeout", String(TIMEOUT_S),
+    "--cors-origin", ALLOWED, "--cors-origin", "http://also.example"]);
+  await waitHealthy(s.base);
+  return s;
 }
 
 let port;
