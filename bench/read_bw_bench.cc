@@ -1,7 +1,5 @@
-// Peak DRAM read bandwidth with plain threads and 64-byte AVX-512 loads (AVX2 or scalar fallback):
+// Peak DRAM read bandwidth with plain threads and cpu::stream_sum (64-byte AVX-512 loads, or scalar):
 // the number decode rooflines should be divided by. Usage: bench_read_bw [GiB=2] [repetitions=5]
-#include <immintrin.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -11,33 +9,7 @@
 #include <thread>
 #include <vector>
 
-namespace {
-
-__attribute__((target("avx512f"))) uint64_t sum_avx512(const uint64_t* p, size_t n) {
-  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-  for (size_t i = 0; i + 32 <= n; i += 32) {
-    a0 = _mm512_add_epi64(a0, _mm512_load_si512(p + i));
-    a1 = _mm512_add_epi64(a1, _mm512_load_si512(p + i + 8));
-    a2 = _mm512_add_epi64(a2, _mm512_load_si512(p + i + 16));
-    a3 = _mm512_add_epi64(a3, _mm512_load_si512(p + i + 24));
-  }
-  alignas(64) uint64_t lanes[8];
-  _mm512_store_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
-  uint64_t s = 0;
-  for (uint64_t v : lanes) s += v;
-  return s;
-}
-
-uint64_t sum_scalar(const uint64_t* p, size_t n) {
-  uint64_t a[8] = {};
-  for (size_t i = 0; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) a[j] += p[i + j];
-  uint64_t s = 0;
-  for (uint64_t v : a) s += v;
-  return s;
-}
-
-}  // namespace
+#include "kernels/cpu/stream_read.h"
 
 int main(int argc, char** argv) {
   const size_t gib = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 2;
@@ -58,7 +30,7 @@ int main(int argc, char** argv) {
       const size_t chunk = bytes / 8 / threads / 32 * 32;
       const auto t0 = std::chrono::steady_clock::now();
       for (unsigned t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] { out[t] = avx512 ? sum_avx512(p + t * chunk, chunk) : sum_scalar(p + t * chunk, chunk); });
+        pool.emplace_back([&, t] { out[t] = onebit::cpu::stream_sum(p + t * chunk, chunk); });
       for (auto& th : pool) th.join();
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       best = std::max(best, static_cast<double>(chunk * 8 * threads) / s / 1e9);

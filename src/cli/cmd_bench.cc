@@ -107,14 +107,11 @@ int run_bench(const BenchOptions& o) {
   if (need > max_pos)
     fail("the benchmark needs {} positions (-p {}, or --depth {} + -n {}) but the model's context is {}", need,
          o.n_prompt, o.depth, o.n_gen, max_pos);
-  EngineOptions eo;
-  eo.device = device;
+  EngineOptions eo = engine_options(o.threads, o.lm_head, o.device);
   eo.n_ctx = need;
   eo.kv_dtype = o.kv == "f16" ? KvDtype::kF16 : KvDtype::kF32;
   // On a GPU the whole prompt is one pass (the CPU keeps its 256-row chunks).
   if (device == Device::kCuda) eo.n_batch = std::max<int64_t>(o.n_prompt, 256);
-  eo.n_threads = o.threads;
-  eo.lm_head = lm_head_from_name(o.lm_head);
   auto engine = Engine::load(*model, eo);
   auto session = engine->new_session();
   const int64_t vocab = engine->n_vocab();
@@ -262,13 +259,7 @@ const CommandRegistrar kBench{{
       app.add_option("-p,--n-prompt", o->n_prompt, "Prompt tokens for pp (0 = skip)")->capture_default_str();
       app.add_option("-n,--n-gen", o->n_gen, "Generated tokens for tg (0 = skip)")->capture_default_str();
       app.add_option("-r,--repetitions", o->reps, "Runs of each test")->capture_default_str();
-      app.add_option("-t,--threads", o->threads, "CPU threads (0 = all)")->capture_default_str();
-      app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
-          ->check(CLI::IsMember({"bf16", "int8"}))
-          ->capture_default_str();
-      app.add_option("--device", o->device, "cpu, or cuda (GPU 0; bandwidth = device-to-device copy)")
-          ->check(CLI::IsMember({"cpu", "cuda"}))
-          ->capture_default_str();
+      add_engine_flags(app, o->threads, o->lm_head, o->device);
       app.add_option("-d,--depth", o->depth, "Prompt tokens in the KV cache before the tg steps (tg context)")
           ->capture_default_str();
       app.add_option("-b,--batch", o->batch,

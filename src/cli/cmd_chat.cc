@@ -140,11 +140,8 @@ int run_chat(const ChatOptions& o) {
   const std::string bos_text = bos >= 0 ? tok.token_text(bos) : "";
   const std::string eos_text = tok.eos_id() >= 0 ? tok.token_text(tok.eos_id()) : "";
 
-  EngineOptions eo;
+  EngineOptions eo = engine_options(o.threads, o.lm_head, o.device);
   eo.n_ctx = o.ctx;
-  eo.n_threads = o.threads;
-  eo.lm_head = lm_head_from_name(o.lm_head);
-  eo.device = device_from_name(o.device);
   auto engine = Engine::load(*model, eo);
   auto session = engine->new_session();
 
@@ -286,11 +283,7 @@ const CommandRegistrar kChat{{
       app.add_option("--top-k", o->top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
       app.add_option("--repeat-penalty", o->repeat_penalty, "Repetition penalty (1 = off)")->capture_default_str();
       app.add_option("--ctx", o->ctx, "Context length in tokens (0 = model maximum, at most 4096)")->capture_default_str();
-      app.add_option("-t,--threads", o->threads, "CPU threads (0 = all)")->capture_default_str();
-      app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
-          ->check(CLI::IsMember({"bf16", "int8"}))
-          ->capture_default_str();
-      app.add_option("--device", o->device, "cpu, or cuda (GPU 0)")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+      add_engine_flags(app, o->threads, o->lm_head, o->device);
       app.add_flag("-v,--verbose", o->verbose, "Print per-turn prompt reuse and speed to stderr");
       app.add_flag("--no-cache", o->no_cache, "Re-prefill the whole conversation every turn (for testing)");
       return [o] { return run_chat(*o); };

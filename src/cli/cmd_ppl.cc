@@ -81,11 +81,8 @@ int run_ppl(const PplOptions& o) {
   if (n_tok - (extra ? 0 : 1) < 1)
     fail("{}: {} tokens are too few to score (need at least {})", o.file, n_tok, extra ? 1 : 2);
 
-  EngineOptions eo;
+  EngineOptions eo = engine_options(o.threads, o.lm_head, o.device);
   eo.n_ctx = window + extra - 1;
-  eo.n_threads = o.threads;
-  eo.lm_head = lm_head_from_name(o.lm_head);
-  eo.device = device_from_name(o.device);
   auto engine = Engine::load(*model, eo);
   auto session = engine->new_session();
   const int64_t vocab = engine->n_vocab();
@@ -155,11 +152,7 @@ const CommandRegistrar kPpl{{
       app.add_option("--ctx", o->ctx,
                      "Tokens per window (0 = min(512, model context))")
           ->capture_default_str();
-      app.add_option("-t,--threads", o->threads, "CPU threads (0 = all)")->capture_default_str();
-      app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
-          ->check(CLI::IsMember({"bf16", "int8"}))
-          ->capture_default_str();
-      app.add_option("--device", o->device, "cpu, or cuda (GPU 0)")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+      add_engine_flags(app, o->threads, o->lm_head, o->device);
       app.add_flag("--json", o->json, "Print {\"ppl\",\"nll\",\"tokens\",\"windows\",\"ctx\",...} as JSON");
       return [o] { return run_ppl(*o); };
     },

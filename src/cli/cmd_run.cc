@@ -64,11 +64,8 @@ int run(const RunOptions& o) {
   if (model->tokenizer.add_bos && bos >= 0 && (ids.empty() || ids.front() != bos)) ids.insert(ids.begin(), bos);
   if (ids.empty()) fail("the prompt is empty after tokenization");
 
-  EngineOptions eo;
+  EngineOptions eo = engine_options(o.threads, o.lm_head, o.device);
   eo.n_ctx = o.ctx;
-  eo.n_threads = o.threads;
-  eo.lm_head = lm_head_from_name(o.lm_head);
-  eo.device = device_from_name(o.device);
   auto engine = Engine::load(*model, eo);
   if (static_cast<int64_t>(ids.size()) > engine->n_ctx())
     fail("prompt of {} tokens does not fit in the context of {} tokens (raise --ctx)", ids.size(), engine->n_ctx());
@@ -139,11 +136,7 @@ const CommandRegistrar kRun{{
       app.add_option("--top-p", o->top_p, "Nucleus sampling mass (1 = off)")->capture_default_str();
       app.add_option("--top-k", o->top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
       app.add_option("--ctx", o->ctx, "Context length in tokens (0 = model maximum, at most 4096)")->capture_default_str();
-      app.add_option("-t,--threads", o->threads, "CPU threads (0 = all)")->capture_default_str();
-      app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
-          ->check(CLI::IsMember({"bf16", "int8"}))
-          ->capture_default_str();
-      app.add_option("--device", o->device, "cpu, or cuda (GPU 0)")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+      add_engine_flags(app, o->threads, o->lm_head, o->device);
       app.add_flag("-v,--verbose", o->verbose, "Print timings to stderr");
       return [o] { return run(*o); };
     },

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/engine.h"
+
 namespace onebit::cli {
 
 struct Command {
@@ -43,5 +45,10 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 // The whole of a file as bytes; "" or "-" reads stdin. Throws Error naming the file.
 std::string read_input(const std::string& path);
+
+// -t/--threads, --lm-head and --device, shared by the commands that run the model.
+void add_engine_flags(CLI::App& app, int& threads, std::string& lm_head, std::string& device);
+// EngineOptions with those three set (Error on an unknown name); the rest at their defaults.
+EngineOptions engine_options(int threads, const std::string& lm_head, const std::string& device);
 
 }  // namespace onebit::cli

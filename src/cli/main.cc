@@ -18,6 +18,22 @@ std::vector<Command>& commands() {
 
 bool stderr_is_tty() { return ::isatty(STDERR_FILENO) == 1; }
 
+void add_engine_flags(CLI::App& app, int& threads, std::string& lm_head, std::string& device) {
+  app.add_option("-t,--threads", threads, "CPU threads (0 = all)")->capture_default_str();
+  app.add_option("--lm-head", lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
+      ->check(CLI::IsMember({"bf16", "int8"}))
+      ->capture_default_str();
+  app.add_option("--device", device, "cpu, or cuda (GPU 0)")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+}
+
+EngineOptions engine_options(int threads, const std::string& lm_head, const std::string& device) {
+  EngineOptions eo;
+  eo.n_threads = threads;
+  eo.lm_head = lm_head_from_name(lm_head);
+  eo.device = device_from_name(device);
+  return eo;
+}
+
 std::string read_input(const std::string& path) {
   const bool from_stdin = path.empty() || path == "-";
   FILE* f = from_stdin ? stdin : std::fopen(path.c_str(), "rb");

@@ -1,12 +1,6 @@
 #include "cli/membw.h"
 
-#include "engine/cuda_backend.h"
-
 #include <unistd.h>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <atomic>
@@ -16,48 +10,13 @@
 #include <string>
 
 #include "core/base/error.h"
+#include "engine/cuda_backend.h"
 #include "kernels/cpu/aligned_buffer.h"
+#include "kernels/cpu/stream_read.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace onebit::cli {
 namespace {
-
-// Eight independent accumulators, so the additions never limit the load rate.
-#if defined(__x86_64__)
-// 64-byte loads, four independent accumulators: a plain scalar loop leaves bandwidth unused
-// (measured here: 32 GB/s vs 44 GB/s with two threads), which would overstate every roofline.
-__attribute__((target("avx512f"))) uint64_t stream_sum_avx512(const uint64_t* p, size_t n) {
-  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a0 = _mm512_add_epi64(a0, _mm512_load_si512(p + i));
-    a1 = _mm512_add_epi64(a1, _mm512_load_si512(p + i + 8));
-    a2 = _mm512_add_epi64(a2, _mm512_load_si512(p + i + 16));
-    a3 = _mm512_add_epi64(a3, _mm512_load_si512(p + i + 24));
-  }
-  alignas(64) uint64_t lanes[8];
-  _mm512_store_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
-  uint64_t s = 0;
-  for (uint64_t v : lanes) s += v;
-  for (; i < n; ++i) s += p[i];
-  return s;
-}
-#endif
-
-uint64_t stream_sum(const uint64_t* p, size_t n) {
-#if defined(__x86_64__)
-  // The buffer is 64-byte aligned (AlignedVector) and chunks are page multiples.
-  if (__builtin_cpu_supports("avx512f")) return stream_sum_avx512(p, n);
-#endif
-  uint64_t acc[8] = {};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += p[i + j];
-  for (; i < n; ++i) acc[0] += p[i];
-  uint64_t s = 0;
-  for (uint64_t v : acc) s += v;
-  return s;
-}
 
 // "32768K" / "32M" as written in /sys/devices/system/cpu/cpu0/cache/index*/size.
 size_t parse_cache_size(const std::string& s) {
@@ -106,7 +65,7 @@ MemBandwidth measure_read_bandwidth(int threads, size_t min_bytes, int passes) {
   for (int p = 0; p < passes; ++p) {
     const auto t0 = std::chrono::steady_clock::now();
     pool.parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
-      sink.fetch_add(stream_sum(buf.data() + b, static_cast<size_t>(e - b)), std::memory_order_relaxed);
+      sink.fetch_add(cpu::stream_sum(buf.data() + b, static_cast<size_t>(e - b)), std::memory_order_relaxed);
     });
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s > 0) r.bytes_per_s = std::max(r.bytes_per_s, static_cast<double>(bytes) / s);
