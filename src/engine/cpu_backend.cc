@@ -433,6 +433,26 @@ void CpuBackend::kv_store(const KvCacheView& kv, int64_t layer, const float* k, 
   }
 }
 
+namespace {
+
+// s[j] *= scale, then softmax in place (max subtraction, exp, normalise), in fp32: the one
+// sequence of operations the fast attention paths share, so that they agree to the bit.
+void softmax_scaled(float* s, int64_t n, float scale) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    s[j] = s[j] * scale;
+    m = std::max(m, s[j]);
+  }
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    s[j] = std::exp(s[j] - m);
+    sum += s[j];
+  }
+  for (int64_t j = 0; j < n; ++j) s[j] = s[j] / sum;
+}
+
+}  // namespace
+
 // Prefill attention over an fp32 cache, the same arithmetic as the per-(row, head) loop in
 // attention() with cpu::dot / cpu::axpy, bit for bit: every score is one dot(q, k) in the kernels'
 // fixed order, the softmax is the same scalar code, and each output row accumulates p·v over keys
@@ -470,17 +490,7 @@ void attention_blocked(cpu::ThreadPool& pool, const KvCacheView& kv, int64_t lay
       });
     }
     for_queries([&](int64_t, int64_t n_keys, const float*, float* o, float* s) {
-      float m = -INFINITY;
-      for (int64_t j = 0; j < n_keys; ++j) {
-        s[j] = s[j] * scale;
-        m = std::max(m, s[j]);
-      }
-      float sum = 0.0f;
-      for (int64_t j = 0; j < n_keys; ++j) {
-        s[j] = std::exp(s[j] - m);
-        sum += s[j];
-      }
-      for (int64_t j = 0; j < n_keys; ++j) s[j] = s[j] / sum;
+      softmax_scaled(s, n_keys, scale);
       std::fill(o, o + d, 0.0f);
     });
     for (int64_t j0 = 0; j0 < max_keys; j0 += kKeyTile) {
@@ -513,17 +523,7 @@ void CpuBackend::attention(const KvCacheView& kv, int64_t layer, const float* q,
       const float* vb = static_cast<const float*>(kv.data) + kv_offset(kv, 1, layer, kvh, 0);
       float* s = sc.data();
       cpu::dot_rows(qv, kb, d, n_keys, d, s);
-      float m = -INFINITY;
-      for (int64_t j = 0; j < n_keys; ++j) {
-        s[j] = s[j] * scale;
-        m = std::max(m, s[j]);
-      }
-      float sum = 0.0f;
-      for (int64_t j = 0; j < n_keys; ++j) {
-        s[j] = std::exp(s[j] - m);
-        sum += s[j];
-      }
-      for (int64_t j = 0; j < n_keys; ++j) s[j] = s[j] / sum;
+      softmax_scaled(s, n_keys, scale);
       std::fill(o, o + d, 0.0f);
       cpu::axpy_rows(s, vb, d, n_keys, d, o);
       return;
