@@ -36,6 +36,20 @@ size_t KvCacheView::bytes() const {
   return 2 * static_cast<size_t>(n_layers * n_kv_heads * n_ctx * head_dim) * kv_dtype_size(dtype);
 }
 
+float quantize_row_int8(const float* f, int64_t cols, int8_t* q, int32_t* sum) {
+  float amax = 0.0f;
+  for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(f[c]));
+  if (!std::isfinite(amax) || amax == 0.0f) return amax;
+  const float d = amax / 127.0f;
+  int32_t total = 0;
+  for (int64_t c = 0; c < cols; ++c) {
+    q[c] = static_cast<int8_t>(std::clamp(std::nearbyint(f[c] / d), -127.0f, 127.0f));  // half to even
+    total += q[c];
+  }
+  if (sum != nullptr) *sum = total;
+  return d;
+}
+
 void dense_row_to_f32(const Tensor& t, int64_t row, float* out) {
   const int64_t cols = t.cols();
   const uint8_t* d = t.data.data();
@@ -237,23 +251,9 @@ WeightHandle CpuBackend::add_dense_int8(const Tensor& t) {
     std::vector<float>& f = scratch(static_cast<size_t>(cols), 2);
     for (int64_t r = r0; r < r1; ++r) {
       dense_row_to_f32(w.t, r, f.data());
-      float amax = 0.0f;
-      for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(f[static_cast<size_t>(c)]));
-      if (!std::isfinite(amax)) {
-        bad_row = r;  // not thrown from a pool thread
-        continue;
-      }
-      if (amax == 0.0f) continue;  // d = 0, codes 0
-      const float d = amax / 127.0f;
-      int8_t* q = w.q.data() + r * w.stride;
-      int32_t sum = 0;
-      for (int64_t c = 0; c < cols; ++c) {
-        const float v = std::clamp(std::nearbyint(f[static_cast<size_t>(c)] / d), -127.0f, 127.0f);  // half to even
-        q[c] = static_cast<int8_t>(v);
-        sum += q[c];
-      }
-      w.d[static_cast<size_t>(r)] = d;
-      w.qsum[static_cast<size_t>(r)] = sum;
+      const float d = quantize_row_int8(f.data(), cols, w.q.data() + r * w.stride, &w.qsum[static_cast<size_t>(r)]);
+      if (!std::isfinite(d)) bad_row = r;  // not thrown from a pool thread
+      else w.d[static_cast<size_t>(r)] = d;  // 0 for a zero row: codes and sum stay 0
     }
   };
   impl_->pool.parallel_for(rows, 256, range);  // each row on its own: the same result on any thread count

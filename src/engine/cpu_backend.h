@@ -74,4 +74,10 @@ class CpuBackend final : public Backend {
 // Converts row `row` of a dense [rows][cols] tensor (F32, F16, BF16, Q8_0) to fp32.
 void dense_row_to_f32(const Tensor& t, int64_t row, float* out);
 
+// One row of an int8 LM head copy (Backend::add_dense_int8), the same on every backend: returns
+// d = max|f| / 127 and writes q[c] = clamp(rint(f[c] / d), -127, 127) (half to even) and, if
+// `sum` is given, their sum. An all-zero row returns 0 and a row with a non-finite value returns a
+// non-finite d; in both cases q and *sum are left as they are.
+float quantize_row_int8(const float* f, int64_t cols, int8_t* q, int32_t* sum = nullptr);
+
 }  // namespace onebit

@@ -147,18 +147,12 @@ class CudaBackend final : public Backend {
     const int64_t stride = cuda::cuda_act_len(cols);
     std::vector<int8_t> q(static_cast<size_t>(rows * stride), 0);
     std::vector<float> dv(static_cast<size_t>(rows), 0.0f), f(static_cast<size_t>(cols));
-    // The CPU backend's per-row quantization (backend.h), so both heads hold the same codes.
+    // The CPU backend's per-row quantization (quantize_row_int8), so both heads hold the same codes.
     for (int64_t r = 0; r < rows; ++r) {
       dense_row_to_f32(t, r, f.data());
-      float amax = 0.0f;
-      for (float v : f) amax = std::max(amax, std::fabs(v));
-      if (!std::isfinite(amax)) fail("tensor {}: row {} has a non-finite value, cannot make an int8 LM head", t.name, r);
-      if (amax == 0.0f) continue;
-      const float d = amax / 127.0f;
-      int8_t* qr = q.data() + r * stride;
-      for (int64_t c = 0; c < cols; ++c)
-        qr[c] = static_cast<int8_t>(std::clamp(std::nearbyint(f[static_cast<size_t>(c)] / d), -127.0f, 127.0f));
-      dv[static_cast<size_t>(r)] = d;
+      const float d = quantize_row_int8(f.data(), cols, q.data() + r * stride);
+      if (!std::isfinite(d)) fail("tensor {}: row {} has a non-finite value, cannot make an int8 LM head", t.name, r);
+      dv[static_cast<size_t>(r)] = d;  // 0 for a zero row, codes 0
     }
     DevDense dd;
     dd.rows = rows;

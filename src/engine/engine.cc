@@ -2,12 +2,25 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 #include "core/base/error.h"
 #include "engine/bitnet_graph.h"
 #include "engine/cpu_backend.h"
 #include "engine/cuda_backend.h"
 
 namespace onebit {
+
+namespace {
+
+// Every id in [0, vocab), else Error naming the first bad one (`where` prefixes the message).
+void check_ids(std::span<const int32_t> tokens, int64_t vocab, std::string_view where) {
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= vocab)
+      fail("{}token {} (position {} of the input) is outside the vocabulary [0, {})", where, tokens[i], i, vocab);
+}
+
+}  // namespace
 
 std::string_view device_name(Device d) { return d == Device::kCuda ? "cuda" : "cpu"; }
 
@@ -78,9 +91,7 @@ void Engine::decode_batch(std::span<BatchItem> items) {
     const int64_t n = static_cast<int64_t>(it.tokens.size()), past = it.session->n_past_;
     if (past + n > ctx)
       fail("batch item {}: {} new tokens do not fit in the context: {} of {} positions are used", i, n, past, ctx);
-    for (int64_t t = 0; t < n; ++t)
-      if (it.tokens[t] < 0 || it.tokens[t] >= vocab)
-        fail("batch item {}: token {} (position {}) is outside the vocabulary [0, {})", i, it.tokens[t], t, vocab);
+    check_ids(it.tokens, vocab, fmt::format("batch item {}: ", i));
   }
   if (items.empty()) return;
   if (!backend_->supports_multi_sequence()) {
@@ -145,9 +156,7 @@ std::vector<float> Session::hidden_states(std::span<const int32_t> tokens) {
   const int64_t vocab = n_vocab(), ctx = n_ctx(), dim = engine_.config().hidden_size;
   if (n == 0) fail("no tokens given");
   if (n > ctx) fail("input of {} tokens does not fit in the context of {} tokens", n, ctx);
-  for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= vocab)
-      fail("token {} (position {} of the input) is outside the vocabulary [0, {})", tokens[i], i, vocab);
+  check_ids(tokens, vocab, "");
   n_past_ = 0;
   std::vector<float> out(static_cast<size_t>(n * dim));
   const int64_t batch = state_->n_batch();
@@ -169,9 +178,7 @@ std::span<const float> Session::decode(std::span<const int32_t> tokens, bool all
     fail("{} new tokens do not fit in the context: {} of {} positions are used, {} left", n, n_past_, ctx,
          ctx - n_past_);
   }
-  for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= vocab)
-      fail("token {} (position {} of the input) is outside the vocabulary [0, {})", tokens[i], i, vocab);
+  check_ids(tokens, vocab, "");
 
   const size_t need = static_cast<size_t>((all_logits ? n : 1) * vocab);
   logits_buffer(need);
