@@ -155,15 +155,16 @@ int run_bench(const BenchOptions& o) {
       prompts.push_back(random_ids(o.depth));
     }
     for (size_t b = 0; b < ss.size(); ++b) items.push_back({ss[b], prompts[b], {}});
-    engine->decode_batch(items);
+    // Greedy: the engine picks each next token where the logits are (on the GPU for CUDA).
+    engine->decode_batch(items, BatchOutput::kArgmax);
     std::vector<int32_t> next(ss.size());
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < o.n_gen; ++i) {
       for (size_t b = 0; b < ss.size(); ++b) {
-        next[b] = argmax(items[b].logits);
+        next[b] = items[b].argmax;
         items[b].tokens = std::span(&next[b], 1);
       }
-      engine->decode_batch(items);
+      engine->decode_batch(items, BatchOutput::kArgmax);
     }
     return static_cast<double>(o.n_gen * o.batch) / seconds_since(t0);
   };

@@ -1,8 +1,8 @@
 // `1bit serve`: an OpenAI-compatible HTTP server (docs/server.md).
 //
 //   1bit serve [-m MODEL] [--host 127.0.0.1] [--port 8180] [--api-key KEY] [--ctx N] [--parallel N]
-//              [--max-queue N] [--timeout S] [--cors-origin ORIGIN]... [-t THREADS] [--device cpu|cuda]
-//              [--http-threads N]
+//              [--kv-block N] [--kv-blocks N] [--max-queue N] [--timeout S] [--cors-origin ORIGIN]...
+//              [-t THREADS] [--device cpu|cuda] [--http-threads N]
 //
 // Logs go to stderr; "listening on http://HOST:PORT" is printed there once the socket is bound
 // (with --port 0, PORT is the one the system picked). SIGINT/SIGTERM stop it gracefully.
@@ -25,6 +25,11 @@ const CommandRegistrar kServe{{
       app.add_option("--api-key", o->api_key, "Require 'Authorization: Bearer KEY' on every route but /health");
       app.add_option("--ctx", o->ctx, "Context length per request (0 = model maximum, at most 4096)")->capture_default_str();
       app.add_option("--parallel", o->parallel, "Requests generating at once")->capture_default_str();
+      app.add_option("--kv-block", o->kv_block, "Positions per KV cache block (0 = the whole context; CPU only)")
+          ->capture_default_str();
+      app.add_option("--kv-blocks", o->kv_blocks,
+                     "KV cache blocks shared by all requests (0 = --parallel x --ctx positions; CPU only)")
+          ->capture_default_str();
       app.add_option("-t,--threads", o->threads, "Engine CPU threads (0 = all)")->capture_default_str();
       app.add_option("--device", o->device, "cpu, or cuda (GPU 0)")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
       app.add_option("--http-threads", o->http_threads, "HTTP threads")->capture_default_str();

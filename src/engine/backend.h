@@ -9,8 +9,12 @@
 // Row conventions: an activation matrix of `n` token rows and `dim` columns is row-major
 // float[n][dim]. Rows of one call are consecutive positions pos0, pos0 + 1, ... of one sequence.
 //
-// KV cache layout (every backend): for each layer, K and V are [kv_head][pos][head_dim], element
-// type fp32 or fp16, so a head's keys are one contiguous run of positions.
+// KV cache layout (every backend): paged. A pool of n_blocks blocks of block_size positions holds
+// [K|V][layer][block][kv_head][block_size][head_dim] (fp32 or fp16), so one block's positions of
+// one (layer, kv head) are one contiguous run. A sequence maps its position p to slot
+// p % block_size of pool block block_table[p / block_size]. A contiguous cache is the case of one
+// block of n_ctx positions (n_blocks = 1, table {0}): its layout is [K|V][layer][kv_head][pos]
+// [head_dim], which is all a backend without supports_paged_kv() is ever given.
 #pragma once
 
 #include <cstddef>
@@ -50,13 +54,40 @@ std::string_view lm_head_name(LmHead h);  // "bf16" (= as stored) or "int8"
 // Parses "bf16" (also "stored") or "int8"; throws Error naming the accepted values otherwise.
 LmHead lm_head_from_name(std::string_view name);
 
-// A KV cache in backend memory (see the layout above).
+// One sequence's view of a KV cache in backend memory (see the layout above). The fields data,
+// dtype, n_layers, n_kv_heads, n_ctx and head_dim mean for a contiguous cache (block_size ==
+// n_ctx, n_blocks == 1) exactly what they meant before paging: a backend that does not support
+// paged KV reads only those.
 struct KvCacheView {
-  void* data = nullptr;  // all K then all V: [2][layer][kv_head][pos][head_dim]
+  void* data = nullptr;  // the pool: [2][layer][block][kv_head][block_size][head_dim]
   KvDtype dtype = KvDtype::kF32;
-  int64_t n_layers = 0, n_kv_heads = 0, n_ctx = 0, head_dim = 0;
+  int64_t n_layers = 0, n_kv_heads = 0;
+  int64_t n_ctx = 0;  // positions the sequence may address (its context)
+  int64_t head_dim = 0;
+  int64_t block_size = 0;  // positions per block; 0 = n_ctx (one contiguous block)
+  int64_t n_blocks = 1;    // blocks in the pool
+  // Host memory: block_table[i] is the pool block of positions [i * block_size, (i + 1) *
+  // block_size); entries [0, block_table_size) are valid. nullptr = block i is pool block i.
+  const int32_t* block_table = nullptr;
+  int64_t block_table_size = 0;
 
-  size_t bytes() const;
+  int64_t positions_per_block() const { return block_size > 0 ? block_size : n_ctx; }
+  // Positions the view can store now: block_table_size blocks, or n_blocks without a table.
+  int64_t mapped_positions() const;
+  // Elements (not bytes) from `data` to the first value of (which = 0 for K, 1 for V, layer,
+  // pool block, kv head): block_size rows of head_dim follow.
+  size_t block_offset(int64_t which, int64_t layer, int64_t block, int64_t head) const {
+    return static_cast<size_t>((((which * n_layers + layer) * n_blocks + block) * n_kv_heads + head) *
+                               positions_per_block() * head_dim);
+  }
+  size_t bytes() const;  // of the whole pool
+};
+// Rows [r0, r0 + n) of one pass that belong to one sequence: its KV cache and first position
+// (rows of a pass are grouped by sequence, in order; r0 is the sum of the earlier groups' n).
+struct SeqRows {
+  const KvCacheView* kv = nullptr;
+  int64_t pos0 = 0;
+  int64_t n = 0;
 };
 
 class Backend {
@@ -107,6 +138,10 @@ class Backend {
   // result written to host memory is there. A GPU backend copies ids and position to the device
   // in begin_forward and its kernels read them there, so a recorded pass replays for any position.
   virtual void begin_forward(std::span<const int32_t> /*tokens*/, int64_t /*pos0*/) {}
+  // begin_forward of a pass holding several sequences (BitnetGraph::forward_multi).
+  virtual void begin_forward_multi(std::span<const int32_t> tokens, std::span<const SeqRows> seqs) {
+    begin_forward(tokens, seqs.empty() ? 0 : seqs.front().pos0);
+  }
   virtual void end_forward() {}
   // Runs `ops` (one whole pass's operations). A backend may record them the first times a `key`
   // is seen and replay the recording for later calls with an equal key (a CUDA graph); the caller
@@ -123,6 +158,10 @@ class Backend {
   // Whether one pass may hold rows of several sequences (different KV caches and positions, as
   // BitnetGraph::forward_multi does). The CUDA backend keeps one position per pass on the device.
   virtual bool supports_multi_sequence() const { return true; }
+  // Whether kv_store / attention / rope_kv_store follow KvCacheView::block_table (paged KV: a pool
+  // of small blocks shared by sequences, prefix caching, kv_copy_block). Without it the engine
+  // gives each sequence its own contiguous cache (one block of n_ctx positions) and never shares.
+  virtual bool supports_paged_kv() const { return false; }
   // Drops the recordings of `owner` (a GraphState being destroyed).
   virtual void forget(const void* /*owner*/) {}
 
@@ -142,6 +181,9 @@ class Backend {
   // Writes k/v rows ([n][kv_heads*head_dim]) at positions pos0.. of `layer`.
   virtual void kv_store(const KvCacheView& kv, int64_t layer, const float* k, const float* v, int64_t n,
                         int64_t pos0) = 0;
+  // Paged KV only: copies positions [0, n) of pool block `src` to pool block `dst`, every layer
+  // and KV head (copy-on-write of a shared block). The default throws Error.
+  virtual void kv_copy_block(const KvCacheView& kv, int32_t src, int32_t dst, int64_t n);
   // Causal GQA attention: q is [n][n_heads*head_dim], row i (position pos0 + i) attends to
   // positions [0, pos0 + i] of the cache; kv head = q head / (n_heads / kv_heads).
   // out = softmax(q.k / sqrt(head_dim)) . v, same shape as q.
@@ -171,6 +213,23 @@ class Backend {
     rope(k, n, kv.n_kv_heads, pos0);
     kv_store(kv, layer, k, v, n, pos0);
   }
+  // rope_kv_store then attention(kv, layer, q, ...): one step of a sequence. Afterwards q and k may
+  // hold their rotated values or not (a backend may rotate them on the fly).
+  virtual void rope_kv_attention(const KvCacheView& kv, int64_t layer, float* q, float* k, const float* v, int64_t n,
+                                 int64_t n_heads, int64_t pos0, float* out) {
+    rope_kv_store(kv, layer, q, k, v, n, n_heads, pos0);
+    attention(kv, layer, q, n, n_heads, pos0, out);
+  }
+  // rope_kv_attention for each sequence of a pass (q, k, v, out hold every row of the pass).
+  virtual void rope_kv_attention_multi(std::span<const SeqRows> seqs, int64_t layer, float* q, float* k,
+                                       const float* v, int64_t n_heads, float* out) {
+    int64_t r0 = 0;
+    for (const SeqRows& s : seqs) {
+      const int64_t qd = n_heads * s.kv->head_dim, kd = s.kv->n_kv_heads * s.kv->head_dim;
+      rope_kv_attention(*s.kv, layer, q + r0 * qd, k + r0 * kd, v + r0 * kd, s.n, n_heads, s.pos0, out + r0 * qd);
+      r0 += s.n;
+    }
+  }
   // ternary_matmul(w[i], q, n, y[i]) for each i (matrices of equal width reading the same q).
   virtual void ternary_matmul_shared(std::span<const WeightHandle> w, QuantBuffer q, int64_t n,
                                      std::span<float* const> y) {
@@ -180,6 +239,10 @@ class Backend {
   // logits[i][v] = sum_c w[v][c] * x[i][c] (fp32 accumulation); `logits` is HOST memory [n][w.rows].
   // On a handle from add_dense_int8, the int8 formula given there.
   virtual void lm_head(WeightHandle w, const float* x, int64_t n, float* logits) = 0;
+  // ids[i] = the index of the largest of the n logit rows lm_head(w, x, n) computes (the lowest
+  // index among equal maxima); `ids` is HOST memory [n]. Greedy decoding without moving the logits:
+  // a GPU backend computes it on the device. The default runs lm_head into host memory.
+  virtual void lm_head_argmax(WeightHandle w, const float* x, int64_t n, int32_t* ids);
 };
 
 }  // namespace onebit

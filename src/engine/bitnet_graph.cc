@@ -2,24 +2,20 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <tuple>
+#include <vector>
 
 #include "core/base/error.h"
 
 namespace onebit {
 
-GraphState::GraphState(Backend& be, const ModelConfig& c, int64_t n_batch, int64_t n_ctx, KvDtype kv_dtype)
+GraphState::GraphState(Backend& be, const ModelConfig& c, int64_t n_batch)
     : be_(be), n_batch_(n_batch) {
   const int64_t hidden = c.hidden_size, qdim = c.num_heads * c.head_dim, kvdim = c.num_kv_heads * c.head_dim,
                 inter = c.intermediate_size;
   auto f32 = [&](int64_t dim) { return static_cast<float*>(be_.alloc(static_cast<size_t>(n_batch * dim) * 4)); };
-  kv_.dtype = kv_dtype;
-  kv_.n_layers = c.num_layers;
-  kv_.n_kv_heads = c.num_kv_heads;
-  kv_.n_ctx = n_ctx;
-  kv_.head_dim = c.head_dim;
   try {
-    kv_.data = be_.alloc(kv_.bytes());
     x_ = f32(hidden);
     tmp_ = f32(hidden);
     q_ = f32(qdim);
@@ -33,14 +29,22 @@ GraphState::GraphState(Backend& be, const ModelConfig& c, int64_t n_batch, int64
     q_ffn_ = be_.alloc_quant(n_batch, inter);
   } catch (const std::bad_alloc&) {
     release();
-    fail("out of memory allocating the KV cache ({:.1f} MiB for {} positions) and activations for {} tokens",
-         static_cast<double>(kv_.bytes()) / (1 << 20), n_ctx, n_batch);
+    fail("out of memory allocating activations for {} tokens", n_batch);
   }
 }
 
 GraphState::~GraphState() {
   be_.forget(this);
   release();
+}
+
+void Backend::lm_head_argmax(WeightHandle w, const float* x, int64_t n, int32_t* ids) {
+  std::vector<float> logits(static_cast<size_t>(n * w.rows));
+  lm_head(w, x, n, logits.data());
+  for (int64_t i = 0; i < n; ++i) {
+    const auto row = logits.begin() + i * w.rows;
+    ids[i] = static_cast<int32_t>(std::max_element(row, row + w.rows) - row);
+  }
 }
 
 bool Backend::ReplayKey::operator<(const ReplayKey& o) const {
@@ -50,10 +54,9 @@ bool Backend::ReplayKey::operator<(const ReplayKey& o) const {
 void GraphState::release() {
   for (void* p : {static_cast<void*>(x_), static_cast<void*>(tmp_), static_cast<void*>(q_), static_cast<void*>(k_),
                   static_cast<void*>(v_), static_cast<void*>(attn_), static_cast<void*>(gate_),
-                  static_cast<void*>(up_), kv_.data})
+                  static_cast<void*>(up_)})
     be_.free(p);
   x_ = tmp_ = q_ = k_ = v_ = attn_ = gate_ = up_ = nullptr;
-  kv_.data = nullptr;
   for (QuantBuffer* q : {&q_hidden_, &q_attn_, &q_ffn_}) {
     if (q->impl != nullptr) be_.free_quant(*q);
     q->impl = nullptr;
@@ -91,13 +94,13 @@ BitnetGraph::BitnetGraph(Backend& be, const Model& m, int64_t n_ctx, LmHead lm_h
   be_.init_rope(c_.head_dim, c_.rope_theta, n_ctx);
 }
 
-void BitnetGraph::forward(GraphState& st, std::span<const int32_t> tokens, int64_t pos0, bool all_logits,
-                          float* logits, float* hidden_out) {
+void BitnetGraph::forward(GraphState& st, const KvCacheView& kv, std::span<const int32_t> tokens, int64_t pos0,
+                          bool all_logits, float* logits, float* hidden_out) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n <= 0 || n > st.n_batch_) fail("forward: {} tokens for a batch of at most {}", n, st.n_batch_);
   Backend& be = be_;
   be.begin_forward(tokens, pos0);
-  auto ops = [&] { run_ops(st, tokens, pos0, all_logits, logits, hidden_out); };
+  auto ops = [&] { run_ops(st, kv, tokens, pos0, all_logits, logits, hidden_out); };
   // One-token steps (decode) may be recorded and replayed (CUDA graphs); hidden-state reads are rare.
   if (n == 1 && hidden_out == nullptr)
     be.run_cached(Backend::ReplayKey{&st, logits, n, all_logits}, ops);
@@ -106,13 +109,13 @@ void BitnetGraph::forward(GraphState& st, std::span<const int32_t> tokens, int64
   be.end_forward();
 }
 
-void BitnetGraph::run_ops(GraphState& st, std::span<const int32_t> tokens, int64_t pos0, bool all_logits,
-                          float* logits, float* hidden_out) {
+void BitnetGraph::run_ops(GraphState& st, const KvCacheView& kv, std::span<const int32_t> tokens, int64_t pos0,
+                          bool all_logits, float* logits, float* hidden_out) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t hidden = c_.hidden_size;
   const float eps = static_cast<float>(c_.rms_norm_eps);
   Backend& be = be_;
-  const SeqRows one{&st.kv_, pos0, n};
+  const SeqRows one{&kv, pos0, n};
   run_layers(st, tokens, std::span(&one, 1));
   if (hidden_out != nullptr) {
     be.rmsnorm(st.x_, output_norm_, n, eps, st.tmp_);
@@ -129,7 +132,7 @@ void BitnetGraph::run_ops(GraphState& st, std::span<const int32_t> tokens, int64
 }
 
 void BitnetGraph::forward_multi(GraphState& scratch, std::span<const int32_t> tokens, std::span<const SeqRows> seqs,
-                                std::span<const int64_t> logit_rows, float* logits) {
+                                std::span<const int64_t> logit_rows, float* logits, int32_t* argmax) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n <= 0 || n > scratch.n_batch_) fail("forward: {} tokens for a batch of at most {}", n, scratch.n_batch_);
   int64_t total = 0;
@@ -143,23 +146,34 @@ void BitnetGraph::forward_multi(GraphState& scratch, std::span<const int32_t> to
   Backend& be = be_;
   const int64_t hidden = c_.hidden_size;
   const float eps = static_cast<float>(c_.rms_norm_eps);
-  be.begin_forward(tokens, seqs.front().pos0);
+  be.begin_forward_multi(tokens, seqs);
   run_layers(scratch, tokens, seqs);
   // Final norm of the requested rows, gathered into consecutive rows of tmp, then one LM head.
   const int64_t m = static_cast<int64_t>(logit_rows.size());
+  bool identity = m == n;  // every row, in order (a pass of decode steps): one launch for all of them
   for (int64_t j = 0; j < m; ++j) {
     const int64_t r = logit_rows[static_cast<size_t>(j)];
     if (r < 0 || r >= n) fail("forward: logits asked for row {} of {}", r, n);
-    be.rmsnorm(scratch.x_ + r * hidden, output_norm_, 1, eps, scratch.tmp_ + j * hidden);
+    identity = identity && r == j;
   }
-  if (m > 0) be.lm_head(output_, scratch.tmp_, m, logits);
+  if (identity) {
+    be.rmsnorm(scratch.x_, output_norm_, n, eps, scratch.tmp_);
+  } else {
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t r = logit_rows[static_cast<size_t>(j)];
+      be.rmsnorm(scratch.x_ + r * hidden, output_norm_, 1, eps, scratch.tmp_ + j * hidden);
+    }
+  }
+  if (m > 0 && argmax != nullptr)
+    be.lm_head_argmax(output_, scratch.tmp_, m, argmax);
+  else if (m > 0)
+    be.lm_head(output_, scratch.tmp_, m, logits);
   be.end_forward();
 }
 
 void BitnetGraph::run_layers(GraphState& st, std::span<const int32_t> tokens, std::span<const SeqRows> seqs) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t hidden = c_.hidden_size, H = c_.num_heads;
-  const int64_t qdim = H * c_.head_dim, kvdim = c_.num_kv_heads * c_.head_dim;
   const float eps = static_cast<float>(c_.rms_norm_eps);
   Backend& be = be_;
   be.embed(token_embd_, tokens, st.x_);
@@ -178,12 +192,7 @@ void BitnetGraph::run_layers(GraphState& st, std::span<const int32_t> tokens, st
     float* const qkv_out[] = {st.q_, st.k_, st.v_};
     be.ternary_matmul_shared(qkv, st.q_hidden_, n, qkv_out);
     // Position-dependent steps per sequence (its rows are consecutive); everything else spans all rows.
-    int64_t r0 = 0;
-    for (const SeqRows& sq : seqs) {
-      be.rope_kv_store(*sq.kv, li, st.q_ + r0 * qdim, st.k_ + r0 * kvdim, st.v_ + r0 * kvdim, sq.n, H, sq.pos0);
-      be.attention(*sq.kv, li, st.q_ + r0 * qdim, sq.n, H, sq.pos0, st.attn_ + r0 * qdim);
-      r0 += sq.n;
-    }
+    be.rope_kv_attention_multi(seqs, li, st.q_, st.k_, st.v_, H, st.attn_);
     be.rmsnorm_quantize(st.attn_, L.attn_sub_norm, n, eps, st.q_attn_);
     be.ternary_matmul(L.o, st.q_attn_, n, st.tmp_);
     be.add_rmsnorm_quantize(st.x_, st.tmp_, L.ffn_norm, n, eps, st.q_hidden_);

@@ -2,9 +2,9 @@
 // written once against the Backend interface. docs/engine.md spells out the math.
 //
 // The graph holds the weight handles (uploaded to the backend at construction); a GraphState
-// holds one sequence's activation scratch for up to n_batch token rows and its KV cache, both in
-// backend memory. The graph is stateless between calls, so any number of GraphStates may use it
-// (one at a time per backend).
+// holds activation scratch for up to n_batch token rows in backend memory. The KV cache a pass
+// reads and writes is a KvCacheView (the Session's blocks of a KvPool, kv_pool.h). The graph is
+// stateless between calls, so any number of GraphStates may use it (one at a time per backend).
 #pragma once
 
 #include <cstdint>
@@ -18,20 +18,18 @@ namespace onebit {
 
 class GraphState {
  public:
-  GraphState(Backend& be, const ModelConfig& c, int64_t n_batch, int64_t n_ctx, KvDtype kv_dtype);
+  GraphState(Backend& be, const ModelConfig& c, int64_t n_batch);
   ~GraphState();
   GraphState(const GraphState&) = delete;
   GraphState& operator=(const GraphState&) = delete;
 
   int64_t n_batch() const { return n_batch_; }
-  const KvCacheView& kv() const { return kv_; }
 
  private:
   friend class BitnetGraph;
   void release();
   Backend& be_;
   int64_t n_batch_;
-  KvCacheView kv_;
   // fp32 activations [n_batch][dim]
   float* x_ = nullptr;     // residual stream, hidden
   float* tmp_ = nullptr;   // projection output before the residual add / final norm, hidden
@@ -54,33 +52,31 @@ class BitnetGraph {
 
   const ModelConfig& config() const { return c_; }
 
-  // Runs tokens (1..st.n_batch() of them, ids in range) at positions pos0, pos0+1, ... and
+  // Runs tokens (1..st.n_batch() of them, ids in range) at positions pos0, pos0+1, ... of the KV
+  // cache `kv` (mapped for positions up to pos0 + n) and
   // writes into host memory `logits` the logits of every row ([n][vocab]) when all_logits, else
   // of the last row only ([vocab]); logits == nullptr skips the LM head. The caller checks
   // pos0 + n <= n_ctx. With `hidden` != nullptr, also writes to that host memory the final-normed
   // hidden state of every row ([n][hidden_size], what the LM head multiplies).
-  void forward(GraphState& st, std::span<const int32_t> tokens, int64_t pos0, bool all_logits, float* logits,
-               float* hidden = nullptr);
+  void forward(GraphState& st, const KvCacheView& kv, std::span<const int32_t> tokens, int64_t pos0, bool all_logits,
+               float* logits, float* hidden = nullptr);
 
   // Rows [r0, r0 + n) of one pass that belong to one sequence: its KV cache and first position.
-  struct SeqRows {
-    const KvCacheView* kv = nullptr;
-    int64_t pos0 = 0;
-    int64_t n = 0;
-  };
+  using SeqRows = onebit::SeqRows;  // backend.h
   // Several sequences in one pass (continuous batching): `tokens` is the concatenation of each
   // sequence's new tokens, in the order of `seqs`; every matrix product runs once over all rows,
   // RoPE, the KV store and attention per sequence. `scratch` provides the activation buffers (its
-  // own KV cache is not used). Writes to host memory `logits` the logits of the rows listed in
+  // KV caches are the sequences'). Writes to host memory `logits` the logits of the rows listed in
   // `logit_rows` ([logit_rows.size()][vocab]). Per row the arithmetic is that of forward(), so each
   // sequence gets the same logits as alone. Backends without supports_multi_sequence() take one
-  // sequence per pass.
+  // sequence per pass. With `argmax` (host memory, [logit_rows.size()]) only the index of each
+  // listed row's largest logit is written there (Backend::lm_head_argmax) and `logits` is unused.
   void forward_multi(GraphState& scratch, std::span<const int32_t> tokens, std::span<const SeqRows> seqs,
-                     std::span<const int64_t> logit_rows, float* logits);
+                     std::span<const int64_t> logit_rows, float* logits, int32_t* argmax = nullptr);
 
  private:
-  void run_ops(GraphState& st, std::span<const int32_t> tokens, int64_t pos0, bool all_logits, float* logits,
-               float* hidden_out);
+  void run_ops(GraphState& st, const KvCacheView& kv, std::span<const int32_t> tokens, int64_t pos0,
+               bool all_logits, float* logits, float* hidden_out);
   void run_layers(GraphState& st, std::span<const int32_t> tokens, std::span<const SeqRows> seqs);
   struct Layer {
     WeightHandle attn_norm, q, k, v, attn_sub_norm, o, ffn_norm, gate, up, ffn_sub_norm, down;

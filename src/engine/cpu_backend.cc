@@ -32,10 +32,6 @@ LmHead lm_head_from_name(std::string_view name) {
   fail("LM head '{}': expected bf16 (as stored in the file) or int8", name);
 }
 
-size_t KvCacheView::bytes() const {
-  return 2 * static_cast<size_t>(n_layers * n_kv_heads * n_ctx * head_dim) * kv_dtype_size(dtype);
-}
-
 float quantize_row_int8(const float* f, int64_t cols, int8_t* q, int32_t* sum) {
   float amax = 0.0f;
   for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(f[c]));
@@ -398,8 +394,13 @@ void CpuBackend::rope(float* x, int64_t n, int64_t n_heads, int64_t pos0) {
 
 namespace {
 
+// Pool block of logical block i of the sequence (the table, or block i itself without one).
+int64_t pool_block(const KvCacheView& kv, int64_t i) { return kv.block_table != nullptr ? kv.block_table[i] : i; }
+
+// Element offset of position `pos` of (which, layer, head).
 size_t kv_offset(const KvCacheView& kv, int64_t which, int64_t layer, int64_t head, int64_t pos) {
-  return static_cast<size_t>((((which * kv.n_layers + layer) * kv.n_kv_heads + head) * kv.n_ctx + pos) * kv.head_dim);
+  const int64_t bs = kv.positions_per_block();
+  return kv.block_offset(which, layer, pool_block(kv, pos / bs), head) + static_cast<size_t>((pos % bs) * kv.head_dim);
 }
 
 // Pointer to the fp32 row of K (which = 0) or V (1); for an fp16 cache, the row converted into `buf`.
@@ -411,11 +412,42 @@ const float* kv_row(const KvCacheView& kv, int64_t which, int64_t layer, int64_t
   return buf;
 }
 
+// Calls fn(j0, count, rows) for the positions [j0, j1) of (which, layer, head) of an fp32 cache,
+// one call per run of consecutive positions in one block (rows: `count` rows of head_dim), in
+// increasing order; with max_run > 0 a run is at most max_run positions.
+template <typename Fn>
+void for_kv_runs(const KvCacheView& kv, int64_t which, int64_t layer, int64_t head, int64_t j0, int64_t j1,
+                 int64_t max_run, Fn&& fn) {
+  const int64_t bs = kv.positions_per_block(), d = kv.head_dim;
+  const float* base = static_cast<const float*>(kv.data);
+  while (j0 < j1) {
+    const int64_t blk = j0 / bs, slot = j0 % bs;
+    int64_t count = std::min(bs - slot, j1 - j0);
+    if (max_run > 0) count = std::min(count, max_run);
+    fn(j0, count, base + kv.block_offset(which, layer, pool_block(kv, blk), head) + slot * d);
+    j0 += count;
+  }
+}
+
+// Error unless positions [0, end) are mapped to blocks inside the pool.
+void check_kv_map(const KvCacheView& kv, int64_t end, const char* op) {
+  if (end > kv.n_ctx || end > kv.mapped_positions())
+    fail("kv cache ({}): position {} beyond the context ({}) or the sequence's blocks ({} positions)", op, end - 1,
+         kv.n_ctx, kv.mapped_positions());
+  if (kv.block_table == nullptr) return;
+  const int64_t n_tab = (end + kv.positions_per_block() - 1) / kv.positions_per_block();
+  for (int64_t i = 0; i < n_tab; ++i)
+    if (kv.block_table[i] < 0 || kv.block_table[i] >= kv.n_blocks)
+      fail("kv cache ({}): block table entry {} is {}, outside the pool of {} blocks", op, i, kv.block_table[i],
+           kv.n_blocks);
+}
+
 }  // namespace
 
 void CpuBackend::kv_store(const KvCacheView& kv, int64_t layer, const float* k, const float* v, int64_t n,
                           int64_t pos0) {
-  if (pos0 < 0 || pos0 + n > kv.n_ctx) fail("kv cache: positions [{}, {}) beyond the context ({})", pos0, pos0 + n, kv.n_ctx);
+  if (pos0 < 0) fail("kv cache: negative position {}", pos0);
+  check_kv_map(kv, pos0 + n, "store");
   const int64_t hk = kv.n_kv_heads, d = kv.head_dim;
   for (int64_t which = 0; which < 2; ++which) {
     const float* src = which == 0 ? k : v;
@@ -431,6 +463,20 @@ void CpuBackend::kv_store(const KvCacheView& kv, int64_t layer, const float* k, 
         }
       }
   }
+}
+
+void CpuBackend::kv_copy_block(const KvCacheView& kv, int32_t src, int32_t dst, int64_t n) {
+  const int64_t bs = kv.positions_per_block();
+  if (src < 0 || src >= kv.n_blocks || dst < 0 || dst >= kv.n_blocks || n < 0 || n > bs)
+    fail("kv cache: copying {} positions of block {} to block {} (pool of {} blocks of {})", n, src, dst, kv.n_blocks,
+         bs);
+  const size_t row = static_cast<size_t>(n * kv.head_dim) * kv_dtype_size(kv.dtype);
+  const size_t el = kv_dtype_size(kv.dtype);
+  char* base = static_cast<char*>(kv.data);
+  for (int64_t which = 0; which < 2; ++which)
+    for (int64_t l = 0; l < kv.n_layers; ++l)
+      for (int64_t h = 0; h < kv.n_kv_heads; ++h)
+        std::memmove(base + kv.block_offset(which, l, dst, h) * el, base + kv.block_offset(which, l, src, h) * el, row);
 }
 
 namespace {
@@ -471,8 +517,6 @@ void attention_blocked(cpu::ThreadPool& pool, const KvCacheView& kv, int64_t lay
   auto task = [&](int64_t t) {
     const int64_t kvh = t % kv.n_kv_heads, i0 = t / kv.n_kv_heads * kQRows, i1 = std::min(n, i0 + kQRows);
     const int64_t max_keys = pos0 + i1;  // the last row sees the most keys
-    const float* kb = static_cast<const float*>(kv.data) + kv_offset(kv, 0, layer, kvh, 0);
-    const float* vb = static_cast<const float*>(kv.data) + kv_offset(kv, 1, layer, kvh, 0);
     // Scores, then probabilities, of query (i, h) at sc[((i - i0) * group + h - kvh * group) * max_keys].
     std::vector<float>& sc = scratch(static_cast<size_t>((i1 - i0) * group * max_keys), 0);
     auto for_queries = [&](auto&& fn) {
@@ -484,20 +528,21 @@ void attention_blocked(cpu::ThreadPool& pool, const KvCacheView& kv, int64_t lay
         }
       }
     };
-    for (int64_t j0 = 0; j0 < max_keys; j0 += kKeyTile) {
+    // Key tiles never cross a KV block (a block's rows of one head are contiguous).
+    for_kv_runs(kv, 0, layer, kvh, 0, max_keys, kKeyTile, [&](int64_t j0, int64_t count, const float* kr) {
       for_queries([&](int64_t, int64_t n_keys, const float* qv, float*, float* s) {
-        if (j0 < n_keys) cpu::dot_rows(qv, kb + j0 * d, d, std::min(kKeyTile, n_keys - j0), d, s + j0);
+        if (j0 < n_keys) cpu::dot_rows(qv, kr, d, std::min(count, n_keys - j0), d, s + j0);
       });
-    }
+    });
     for_queries([&](int64_t, int64_t n_keys, const float*, float* o, float* s) {
       softmax_scaled(s, n_keys, scale);
       std::fill(o, o + d, 0.0f);
     });
-    for (int64_t j0 = 0; j0 < max_keys; j0 += kKeyTile) {
+    for_kv_runs(kv, 1, layer, kvh, 0, max_keys, kKeyTile, [&](int64_t j0, int64_t count, const float* vr) {
       for_queries([&](int64_t, int64_t n_keys, const float*, float* o, float* s) {
-        if (j0 < n_keys) cpu::axpy_rows(s + j0, vb + j0 * d, d, std::min(kKeyTile, n_keys - j0), d, o);
+        if (j0 < n_keys) cpu::axpy_rows(s + j0, vr, d, std::min(count, n_keys - j0), d, o);
       });
-    }
+    });
   };
   pool.parallel_for(n_blocks * kv.n_kv_heads, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) task(t);
@@ -508,6 +553,8 @@ void attention_blocked(cpu::ThreadPool& pool, const KvCacheView& kv, int64_t lay
 
 void CpuBackend::attention(const KvCacheView& kv, int64_t layer, const float* q, int64_t n, int64_t n_heads,
                            int64_t pos0, float* out) {
+  if (pos0 < 0) fail("kv cache: negative position {}", pos0);
+  check_kv_map(kv, pos0 + n, "attention");
   const int64_t d = kv.head_dim, group = n_heads / kv.n_kv_heads;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
   const bool ref = reference_;
@@ -518,14 +565,14 @@ void CpuBackend::attention(const KvCacheView& kv, int64_t layer, const float* q,
     float* o = out + (i * n_heads + h) * d;
     std::vector<float>& sc = scratch(static_cast<size_t>(n_keys), 0);
     std::vector<float>& rowbuf = scratch(static_cast<size_t>(d), 1);
-    if (!ref && kv.dtype == KvDtype::kF32) {  // the loops below, bit for bit, all keys per call
-      const float* kb = static_cast<const float*>(kv.data) + kv_offset(kv, 0, layer, kvh, 0);
-      const float* vb = static_cast<const float*>(kv.data) + kv_offset(kv, 1, layer, kvh, 0);
+    if (!ref && kv.dtype == KvDtype::kF32) {  // the loops below, bit for bit, a KV block's keys per call
       float* s = sc.data();
-      cpu::dot_rows(qv, kb, d, n_keys, d, s);
+      for_kv_runs(kv, 0, layer, kvh, 0, n_keys, 0,
+                  [&](int64_t j0, int64_t count, const float* kr) { cpu::dot_rows(qv, kr, d, count, d, s + j0); });
       softmax_scaled(s, n_keys, scale);
       std::fill(o, o + d, 0.0f);
-      cpu::axpy_rows(s, vb, d, n_keys, d, o);
+      for_kv_runs(kv, 1, layer, kvh, 0, n_keys, 0,
+                  [&](int64_t j0, int64_t count, const float* vr) { cpu::axpy_rows(s + j0, vr, d, count, d, o); });
       return;
     }
     float m = -INFINITY;

@@ -54,6 +54,9 @@ class CpuBackend final : public Backend {
   void rope(float* x, int64_t n, int64_t n_heads, int64_t pos0) override;
   void kv_store(const KvCacheView& kv, int64_t layer, const float* k, const float* v, int64_t n,
                 int64_t pos0) override;
+  // Paged: positions follow the block table (a contiguous cache is one block of n_ctx).
+  bool supports_paged_kv() const override { return true; }
+  void kv_copy_block(const KvCacheView& kv, int32_t src, int32_t dst, int64_t n) override;
   void attention(const KvCacheView& kv, int64_t layer, const float* q, int64_t n, int64_t n_heads, int64_t pos0,
                  float* out) override;
   void relu2_mul(const float* gate, const float* up, int64_t count, float* out) override;

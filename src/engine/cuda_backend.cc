@@ -55,12 +55,20 @@ class CudaBackend final : public Backend {
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
     if (prop.major < 8) fail("CUDA device {} has compute capability {}.{}; 1bit needs 8.0 or newer", prop.name, prop.major, prop.minor);
-    pdl_ = prop.major >= 9;
+    // ONEBIT_CUDA_PDL=0 / ONEBIT_CUDA_GRAPHS=0 / ONEBIT_CUDA_FUSE=0 turn programmatic dependent
+    // launches / graphs / the fused decode attention off (for measurements and tests; same results).
+    const char* pd = std::getenv("ONEBIT_CUDA_PDL");
+    pdl_ = prop.major >= 9 && !(pd != nullptr && std::string_view(pd) == "0");
+    cuda::set_pdl(pdl_);
+    const char* fu = std::getenv("ONEBIT_CUDA_FUSE");
+    fuse_ = !(fu != nullptr && std::string_view(fu) == "0");
     const char* g = std::getenv("ONEBIT_CUDA_GRAPHS");
     use_graphs_ = !(g != nullptr && std::string_view(g) == "0");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaMalloc(&d_params_, static_cast<size_t>(kMaxPassTokens + 1) * 4), "cudaMalloc");
     check(cudaMallocHost(&h_params_, static_cast<size_t>(kMaxPassTokens + 1) * 4), "cudaMallocHost");
+    check(cudaMalloc(&d_rows_, static_cast<size_t>(kMaxPassTokens) * sizeof(cuda::RowSeq)), "cudaMalloc");
+    check(cudaMallocHost(&h_rows_, static_cast<size_t>(kMaxPassTokens) * sizeof(cuda::RowSeq)), "cudaMallocHost");
   }
 
   ~CudaBackend() override {
@@ -69,8 +77,11 @@ class CudaBackend final : public Backend {
     for (void* p : owned_) cudaFree(p);
     cudaFree(d_params_);
     cudaFreeHost(h_params_);
+    cudaFree(d_rows_);
+    cudaFreeHost(h_rows_);
     cudaFree(attn_scratch_);
     cudaFree(d_logits_);
+    cudaFree(d_ids_);
     cudaFree(head_q_.codes);
     cudaFree(head_q_.scales);
     cudaFree(head_q_.sums);
@@ -79,7 +90,7 @@ class CudaBackend final : public Backend {
 
   std::string_view name() const override { return "cuda"; }
   size_t weight_bytes() const override { return weight_bytes_; }
-  bool supports_multi_sequence() const override { return false; }
+  bool supports_multi_sequence() const override { return true; }
 
   // ---- weights ----
   WeightHandle add_ternary(const Tensor& t) override {
@@ -243,6 +254,45 @@ class CudaBackend final : public Backend {
           "cudaMemcpyAsync (ids)");
     cur_n_ = n;
     cur_pos_ = pos0;
+    multi_ = false;
+    // PDL lets a kernel's blocks start (and wait) while the previous kernel runs: a win for the
+    // small launches of a decode step, a loss for multi-wave prefill kernels whose later waves
+    // would find those waiting blocks in their place (pp512 -12,392 vs 15,518 tok/s on the H200).
+    cuda::set_pdl(pdl_ && n == 1);
+  }
+
+  // Several sequences: besides the ids, one RowSeq (cache, position) per row goes to the device;
+  // the position-dependent kernels of the pass (rope_kv_attention_multi) read them there.
+  void begin_forward_multi(std::span<const int32_t> tokens, std::span<const SeqRows> seqs) override {
+    if (seqs.size() == 1) return begin_forward(tokens, seqs.front().pos0);
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    if (n > kMaxPassTokens) fail("cuda backend: {} tokens in one pass, at most {}", n, kMaxPassTokens);
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    int64_t r = 0;
+    for (const SeqRows& sq : seqs) {
+      const KvCacheView& kv = *sq.kv;
+      const KvCacheView& k0 = *seqs.front().kv;
+      if (kv.dtype != k0.dtype || kv.n_layers != k0.n_layers || kv.n_kv_heads != k0.n_kv_heads ||
+          kv.n_ctx != k0.n_ctx || kv.head_dim != k0.head_dim)
+        fail("cuda backend: the sequences of one pass have KV caches of different shapes");
+      if (sq.pos0 < 0 || sq.n <= 0 || sq.pos0 + sq.n > kv.n_ctx || sq.pos0 + sq.n > n_pos_)
+        fail("cuda backend: positions [{}, {}) beyond the context ({})", sq.pos0, sq.pos0 + sq.n, kv.n_ctx);
+      if (r + sq.n > n) fail("cuda backend: the sequences cover more rows than the {} tokens of the pass", n);
+      for (int64_t j = 0; j < sq.n; ++j, ++r) h_rows_[r] = cuda::RowSeq{kv.data, static_cast<int32_t>(sq.pos0 + j), sq.n > 1 ? 1 : 0};
+    }
+    if (r != n) fail("cuda backend: the sequences cover {} rows of {}", r, n);
+    h_params_[0] = 0;
+    std::memcpy(h_params_ + 1, tokens.data(), static_cast<size_t>(n) * 4);
+    check(cudaMemcpyAsync(d_params_, h_params_, static_cast<size_t>(n + 1) * 4, cudaMemcpyHostToDevice, stream_),
+          "cudaMemcpyAsync (ids)");
+    check(cudaMemcpyAsync(d_rows_, h_rows_, static_cast<size_t>(n) * sizeof(cuda::RowSeq), cudaMemcpyHostToDevice,
+                          stream_),
+          "cudaMemcpyAsync (rows)");
+    cur_n_ = n;
+    cur_pos_ = -1;  // no single position: the per-sequence operations below check the pass
+    multi_ = true;
+    cuda::set_pdl(false);
+    multi_seqs_ = static_cast<int64_t>(seqs.size());
   }
 
   void end_forward() override {
@@ -365,6 +415,43 @@ class CudaBackend final : public Backend {
     check(cuda::rope_kv_store_rows(q, k, v, n, n_heads, view(kv), layer, cos_, sin_, d_params_, stream_),
           "rope_kv_store");
   }
+  void rope_kv_attention(const KvCacheView& kv, int64_t layer, float* q, float* k, const float* v, int64_t n,
+                         int64_t n_heads, int64_t pos0, float* out) override {
+    const cuda::KvView kvv = view(kv);
+    if (n != 1 || !fuse_ || !cuda::attention_decode_fusable(kvv, n_heads))
+      return Backend::rope_kv_attention(kv, layer, q, k, v, n, n_heads, pos0, out);
+    expect_pos(pos0, n);
+    if (pos0 + n > kv.n_ctx) fail("kv cache: positions [{}, {}) beyond the context ({})", pos0, pos0 + n, kv.n_ctx);
+    if (kv.head_dim != head_dim_) fail("cuda backend: head_dim {} but RoPE tables for {}", kv.head_dim, head_dim_);
+    grow(reinterpret_cast<void**>(&attn_scratch_), &attn_scratch_floats_,
+         cuda::attention_scratch_floats(kv.n_ctx, 1, n_heads, kv.head_dim), 4);
+    check(cuda::attention_decode(kvv, layer, q, k, v, 1, n_heads, cos_, sin_, d_params_, nullptr, attn_scratch_, out,
+                                 stream_),
+          "attention_decode");
+  }
+  void rope_kv_attention_multi(std::span<const SeqRows> seqs, int64_t layer, float* q, float* k, const float* v,
+                               int64_t n_heads, float* out) override {
+    if (!multi_) return Backend::rope_kv_attention_multi(seqs, layer, q, k, v, n_heads, out);
+    if (static_cast<int64_t>(seqs.size()) != multi_seqs_)
+      fail("cuda backend: {} sequences asked in a pass of {}", seqs.size(), multi_seqs_);
+    cuda::KvView kvv = view(*seqs.front().kv);
+    kvv.data = nullptr;  // each row's cache comes from d_rows_
+    if (kvv.head_dim != head_dim_) fail("cuda backend: head_dim {} but RoPE tables for {}", kvv.head_dim, head_dim_);
+    const int64_t n = cur_n_;
+    const bool one_row_each = n == multi_seqs_;
+    grow(reinterpret_cast<void**>(&attn_scratch_), &attn_scratch_floats_,
+         cuda::attention_scratch_floats(kvv.n_ctx, n, n_heads, kvv.head_dim, true), 4);
+    if (one_row_each && fuse_ && cuda::attention_decode_fusable(kvv, n_heads)) {
+      check(cuda::attention_decode(kvv, layer, q, k, v, n, n_heads, cos_, sin_, nullptr, d_rows_, attn_scratch_, out,
+                                   stream_),
+            "attention_decode (multi)");
+      return;
+    }
+    check(cuda::rope_kv_store_rows(q, k, v, n, n_heads, kvv, layer, cos_, sin_, nullptr, stream_, d_rows_),
+          "rope_kv_store (multi)");
+    check(cuda::attention_rows(kvv, layer, q, n, n_heads, nullptr, attn_scratch_, out, stream_, d_rows_),
+          "attention (multi)");
+  }
   void ternary_matmul_shared(std::span<const WeightHandle> ws, QuantBuffer qb, int64_t n,
                              std::span<float* const> ys) override {
     if (n != 1 || ws.size() > static_cast<size_t>(cuda::kMaxGemvParts) || ws.size() != ys.size())
@@ -383,6 +470,24 @@ class CudaBackend final : public Backend {
 
   void lm_head(WeightHandle wh, const float* x, int64_t n, float* logits) override {
     const DevDense& d = dw(wh);
+    head_on_device(d, x, n);
+    check(cudaMemcpyAsync(logits, d_logits_, static_cast<size_t>(n * d.rows) * 4, cudaMemcpyDeviceToHost, stream_),
+          "cudaMemcpyAsync (logits)");
+  }
+
+  // The argmax of each logit row on the device: n ids cross to the host instead of n * vocab floats.
+  void lm_head_argmax(WeightHandle wh, const float* x, int64_t n, int32_t* ids) override {
+    const DevDense& d = dw(wh);
+    head_on_device(d, x, n);
+    grow(reinterpret_cast<void**>(&d_ids_), &d_ids_count_, static_cast<size_t>(n), 4);
+    check(cuda::argmax(d_logits_, d.rows, d_ids_, stream_, n), "argmax");
+    check(cudaMemcpyAsync(ids, d_ids_, static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost, stream_),
+          "cudaMemcpyAsync (ids)");
+  }
+
+ private:
+  // Logits of n rows into d_logits_ ([n][rows]).
+  void head_on_device(const DevDense& d, const float* x, int64_t n) {
     grow(reinterpret_cast<void**>(&d_logits_), &d_logits_floats_, static_cast<size_t>(n * d.rows), 4);
     if (d.int8) {
       const int64_t stride = cuda::cuda_act_len(d.cols);
@@ -406,11 +511,8 @@ class CudaBackend final : public Backend {
     } else {
       check(cuda::dense_gemv(d.w, d.type, d.rows, d.cols, x, n, d_logits_, stream_), "lm_head");
     }
-    check(cudaMemcpyAsync(logits, d_logits_, static_cast<size_t>(n * d.rows) * 4, cudaMemcpyDeviceToHost, stream_),
-          "cudaMemcpyAsync (logits)");
   }
 
- private:
   struct Recording {
     cudaGraphExec_t exec = nullptr;
   };
@@ -429,7 +531,7 @@ class CudaBackend final : public Backend {
     graphs_.clear();
   }
 
-  // Grows a scratch buffer to `need` elements; recordings that used the old one are dropped.
+  // Grows a scratch buffer to `need` elements (zero-filled); recordings that used the old one are dropped.
   void grow(void** p, size_t* cap, size_t need, size_t esize) {
     if (need <= *cap) return;
     if (capturing_) fail("cuda backend: scratch grows while recording a graph");
@@ -439,6 +541,7 @@ class CudaBackend final : public Backend {
     *p = nullptr;
     *cap = 0;
     check(cudaMalloc(p, need * esize), "cudaMalloc (scratch)");
+    check(cudaMemset(*p, 0, need * esize), "cudaMemset (scratch)");
     *cap = need;
   }
 
@@ -478,7 +581,7 @@ class CudaBackend final : public Backend {
   }
 
   cudaStream_t stream_ = nullptr;
-  bool pdl_ = false, use_graphs_ = true, capturing_ = false;
+  bool pdl_ = false, use_graphs_ = true, capturing_ = false, fuse_ = true;
   std::vector<void*> owned_;
   std::vector<DevTernary> ternary_;
   std::vector<float*> norms_;
@@ -488,10 +591,16 @@ class CudaBackend final : public Backend {
   int32_t* d_params_ = nullptr;  // [0] = pos0, [1 ..] token ids of the pass
   int32_t* h_params_ = nullptr;  // page-locked staging of the same
   int64_t cur_n_ = 0, cur_pos_ = 0;
+  bool multi_ = false;       // the pass holds several sequences (begin_forward_multi)
+  int64_t multi_seqs_ = 0;
+  cuda::RowSeq* d_rows_ = nullptr;  // per row of a multi-sequence pass: its cache and position
+  cuda::RowSeq* h_rows_ = nullptr;  // page-locked staging of the same
   float* attn_scratch_ = nullptr;
   size_t attn_scratch_floats_ = 0;
   float* d_logits_ = nullptr;
   size_t d_logits_floats_ = 0;
+  int32_t* d_ids_ = nullptr;  // lm_head_argmax's results
+  size_t d_ids_count_ = 0;
   cuda::QuantActs head_q_{};
   int64_t head_q_rows_ = 0;
   std::map<ReplayKey, Recording> graphs_;

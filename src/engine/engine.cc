@@ -41,6 +41,7 @@ std::unique_ptr<Engine> Engine::load(const Model& model, const EngineOptions& op
          max_pos);
   if (o.n_batch <= 0) fail("batch size must be positive, got {}", o.n_batch);
   if (o.n_threads < 0) fail("thread count must be >= 0, got {}", o.n_threads);
+  if (o.kv_block < 0) fail("KV block size must be >= 0 positions (0 = the whole context), got {}", o.kv_block);
   o.n_batch = std::min(o.n_batch, o.n_ctx);
 
   std::unique_ptr<Engine> e(new Engine());
@@ -51,13 +52,31 @@ std::unique_ptr<Engine> Engine::load(const Model& model, const EngineOptions& op
   } else {
     e->backend_ = std::make_unique<CpuBackend>(CpuBackendOptions{o.n_threads, o.reference});
   }
+  // Without paged KV a sequence's cache must be one contiguous block of the whole context.
+  if (o.kv_block == 0 || o.kv_block > o.n_ctx || !e->backend_->supports_paged_kv()) o.kv_block = o.n_ctx;
+  e->opts_.kv_block = o.kv_block;
   e->graph_ = std::make_unique<BitnetGraph>(*e->backend_, model, o.n_ctx, o.lm_head);
   return e;
 }
 
-Engine::~Engine() = default;
+bool Engine::paged_kv() const { return backend_->supports_paged_kv(); }
 
-std::unique_ptr<Session> Engine::new_session() { return std::unique_ptr<Session>(new Session(*this)); }
+std::shared_ptr<KvPool> Engine::new_kv_pool(int64_t n_blocks) {
+  if (!paged_kv())
+    fail("the {} backend has no paged KV cache: each session keeps its own contiguous cache", backend_->name());
+  if (n_blocks < 1) fail("a KV pool needs at least 1 block, got {}", n_blocks);
+  return std::make_shared<KvPool>(*backend_, config(), opts_.kv_dtype, opts_.kv_block, n_blocks,
+                                  /*prefix_cache=*/true);
+}
+
+Engine::~Engine() {
+  if (backend_ != nullptr) backend_->free_host(batch_logits_);
+}
+
+std::unique_ptr<Session> Engine::new_session(std::shared_ptr<KvPool> pool) {
+  if (pool != nullptr && &pool->backend() != backend_.get()) fail("new_session: the KV pool belongs to another engine");
+  return std::unique_ptr<Session>(new Session(*this, std::move(pool)));
+}
 
 const ModelConfig& Engine::config() const { return graph_->config(); }
 
@@ -65,9 +84,70 @@ int64_t Engine::n_vocab() const { return graph_->config().vocab_size; }
 
 std::string_view Engine::backend_name() const { return backend_->name(); }
 
-Session::Session(Engine& e)
-    : engine_(e),
-      state_(std::make_unique<GraphState>(*e.backend_, e.config(), e.opts_.n_batch, e.opts_.n_ctx, e.opts_.kv_dtype)) {}
+Session::Session(Engine& e, std::shared_ptr<KvPool> pool)
+    : engine_(e), state_(std::make_unique<GraphState>(*e.backend_, e.config(), e.opts_.n_batch)), pool_(std::move(pool)) {
+  if (pool_ == nullptr)
+    pool_ = std::make_shared<KvPool>(*e.backend_, e.config(), e.opts_.kv_dtype, e.opts_.kv_block, e.blocks_per_context(),
+                                     /*prefix_cache=*/false);
+  kv_ = pool_->view();
+  kv_.n_ctx = e.opts_.n_ctx;
+  table_.reserve(static_cast<size_t>(e.blocks_per_context()));  // data() never moves
+  sync_view();
+}
+
+void Session::sync_view() {
+  kv_.block_table = table_.data();
+  kv_.block_table_size = static_cast<int64_t>(table_.size());
+}
+
+int64_t Session::blocks_needed(int64_t positions) const {
+  const int64_t bs = pool_->block_size();
+  return std::max<int64_t>(0, (positions + bs - 1) / bs - static_cast<int64_t>(table_.size()));
+}
+
+bool Session::reserve(int64_t positions) {
+  if (positions > n_ctx()) fail("reserve: {} positions in a context of {}", positions, n_ctx());
+  const int64_t need = blocks_needed(positions);
+  if (need == 0) return true;
+  KvBlockManager& m = pool_->blocks();
+  if (need > m.n_available()) return false;
+  for (int64_t i = 0; i < need; ++i) table_.push_back(m.allocate());
+  sync_view();
+  return true;
+}
+
+void Session::append(std::span<const int32_t> t) {
+  tokens_.insert(tokens_.end(), t.begin(), t.end());
+  n_past_ += static_cast<int64_t>(t.size());
+  if (!pool_->prefix_cache()) return;
+  const int64_t bs = pool_->block_size(), full = n_past_ / bs;
+  KvBlockManager& m = pool_->blocks();
+  for (; published_ < full; ++published_) {
+    const size_t i = static_cast<size_t>(published_), n = static_cast<size_t>(bs);
+    // false for a second copy of cached content: the block then stays private (freed, not cached).
+    m.publish(table_[i], i == 0 ? -1 : table_[i - 1], std::span(tokens_).subspan(i * n, n));
+  }
+}
+
+int64_t Session::reuse_prefix(std::span<const int32_t> tokens, int64_t max) {
+  max = std::clamp<int64_t>(max, 0, std::min<int64_t>(static_cast<int64_t>(tokens.size()), n_ctx()));
+  const auto mis = std::mismatch(tokens_.begin(), tokens_.end(), tokens.begin(), tokens.end());
+  truncate(std::min<int64_t>(max, mis.first - tokens_.begin()));
+  const int64_t bs = pool_->block_size();
+  if (pool_->prefix_cache() && n_past_ % bs == 0 && max / bs > n_past_ / bs) {
+    const std::vector<int32_t> got = pool_->blocks().acquire_prefix(
+        table_.empty() ? -1 : table_.back(), tokens.subspan(static_cast<size_t>(n_past_)), max / bs - n_past_ / bs);
+    if (!got.empty()) {
+      table_.insert(table_.end(), got.begin(), got.end());
+      sync_view();
+      const int64_t n = static_cast<int64_t>(got.size()) * bs;
+      tokens_.insert(tokens_.end(), tokens.begin() + n_past_, tokens.begin() + n_past_ + n);
+      n_past_ += n;
+      published_ = static_cast<int64_t>(table_.size());
+    }
+  }
+  return n_past_;
+}
 
 float* Session::logits_buffer(size_t count) {
   if (count > logits_cap_) {
@@ -80,8 +160,9 @@ float* Session::logits_buffer(size_t count) {
   return logits_;
 }
 
-void Engine::decode_batch(std::span<BatchItem> items) {
+void Engine::decode_batch(std::span<BatchItem> items, BatchOutput out) {
   const int64_t vocab = n_vocab(), ctx = n_ctx();
+  std::vector<std::pair<KvPool*, int64_t>> need;  // new blocks per pool
   for (size_t i = 0; i < items.size(); ++i) {
     const BatchItem& it = items[i];
     if (it.session == nullptr || &it.session->engine_ != this) fail("batch item {}: not a session of this engine", i);
@@ -92,19 +173,41 @@ void Engine::decode_batch(std::span<BatchItem> items) {
     if (past + n > ctx)
       fail("batch item {}: {} new tokens do not fit in the context: {} of {} positions are used", i, n, past, ctx);
     check_ids(it.tokens, vocab, fmt::format("batch item {}: ", i));
+    KvPool* pool = it.session->pool_.get();
+    auto p = std::find_if(need.begin(), need.end(), [&](const auto& x) { return x.first == pool; });
+    if (p == need.end()) p = need.insert(need.end(), {pool, 0});
+    p->second += it.session->blocks_needed(past + n);
   }
+  for (const auto& [pool, blocks] : need)
+    if (blocks > pool->blocks().n_available())
+      fail("the KV cache is full: this batch needs {} more blocks of {} positions, {} of {} are available", blocks,
+           pool->block_size(), pool->blocks().n_available(), pool->blocks().n_blocks());
   if (items.empty()) return;
+  for (BatchItem& it : items) it.session->reserve(it.session->n_past_ + static_cast<int64_t>(it.tokens.size()));
+  const bool argmax = out == BatchOutput::kArgmax;
   if (!backend_->supports_multi_sequence()) {
-    for (BatchItem& it : items) it.logits = it.session->decode(it.tokens);
+    for (BatchItem& it : items) {
+      it.logits = it.session->decode(it.tokens);
+      if (argmax) it.argmax = static_cast<int32_t>(std::max_element(it.logits.begin(), it.logits.end()) - it.logits.begin());
+    }
     return;
   }
   const int64_t batch = opts_.n_batch;
-  if (!batch_state_) batch_state_ = std::make_unique<GraphState>(*backend_, config(), batch, 0, opts_.kv_dtype);
-  batch_logits_.resize(static_cast<size_t>(batch * vocab));
+  if (!batch_state_) batch_state_ = std::make_unique<GraphState>(*backend_, config(), batch);
+  if (argmax) {
+    batch_argmax_.resize(static_cast<size_t>(batch));
+  } else if (batch_logits_cap_ < static_cast<size_t>(batch * vocab)) {
+    backend_->free_host(batch_logits_);
+    batch_logits_ = nullptr;
+    batch_logits_cap_ = 0;
+    batch_logits_ = backend_->alloc_host(static_cast<size_t>(batch * vocab));
+    batch_logits_cap_ = static_cast<size_t>(batch * vocab);
+  }
   std::vector<int32_t> tokens;
   std::vector<BitnetGraph::SeqRows> seqs;
   std::vector<int64_t> logit_rows;
   std::vector<size_t> logit_items, seq_items;
+  std::vector<int64_t> seq_offsets;
   size_t item = 0;
   int64_t offset = 0;  // tokens of items[item] already placed in earlier passes
   while (item < items.size()) {
@@ -113,13 +216,15 @@ void Engine::decode_batch(std::span<BatchItem> items) {
     logit_rows.clear();
     logit_items.clear();
     seq_items.clear();
+    seq_offsets.clear();
     // Fill one pass with whole items or pieces of them, in order.
     while (item < items.size() && static_cast<int64_t>(tokens.size()) < batch) {
       BatchItem& it = items[item];
       const int64_t n = static_cast<int64_t>(it.tokens.size());
       const int64_t take = std::min(n - offset, batch - static_cast<int64_t>(tokens.size()));
-      seqs.push_back({&it.session->state_->kv(), it.session->n_past_, take});  // n_past_ counts earlier passes
+      seqs.push_back({&it.session->kv_, it.session->n_past_, take});  // n_past_ counts earlier passes
       seq_items.push_back(item);
+      seq_offsets.push_back(offset);
       tokens.insert(tokens.end(), it.tokens.begin() + offset, it.tokens.begin() + offset + take);
       offset += take;
       if (offset == n) {  // the item's last token is in this pass
@@ -129,18 +234,30 @@ void Engine::decode_batch(std::span<BatchItem> items) {
         offset = 0;
       }
     }
-    graph_->forward_multi(*batch_state_, tokens, seqs, logit_rows, batch_logits_.data());
-    for (size_t s = 0; s < seqs.size(); ++s) items[seq_items[s]].session->n_past_ += seqs[s].n;
+    graph_->forward_multi(*batch_state_, tokens, seqs, logit_rows, batch_logits_,
+                          argmax ? batch_argmax_.data() : nullptr);
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      BatchItem& it = items[seq_items[s]];
+      it.session->append(it.tokens.subspan(static_cast<size_t>(seq_offsets[s]), static_cast<size_t>(seqs[s].n)));
+    }
     for (size_t j = 0; j < logit_items.size(); ++j) {
       BatchItem& it = items[logit_items[j]];
+      if (argmax) {
+        it.argmax = batch_argmax_[j];
+        it.logits = {};
+        continue;
+      }
       float* dst = it.session->logits_buffer(static_cast<size_t>(vocab));
-      std::copy_n(batch_logits_.data() + j * vocab, vocab, dst);
+      std::copy_n(batch_logits_ + j * vocab, vocab, dst);
       it.logits = std::span<const float>(dst, static_cast<size_t>(vocab));
     }
   }
 }
 
-Session::~Session() { engine_.backend_->free_host(logits_); }
+Session::~Session() {
+  reset();
+  engine_.backend_->free_host(logits_);
+}
 
 int64_t Session::n_ctx() const { return engine_.n_ctx(); }
 
@@ -148,7 +265,41 @@ int64_t Session::n_vocab() const { return engine_.n_vocab(); }
 
 void Session::truncate(int64_t n) {
   if (n < 0 || n > n_past_) fail("cannot truncate a session of {} positions to {}", n_past_, n);
+  KvBlockManager& m = pool_->blocks();
+  const int64_t bs = pool_->block_size(), keep = (n + bs - 1) / bs;
+  // Later blocks first, so that a sequence's tail leaves the prefix cache before its head.
+  while (static_cast<int64_t>(table_.size()) > keep) {
+    m.release(table_.back());
+    table_.pop_back();
+  }
+  published_ = std::min(published_, n / bs);
+  tokens_.resize(static_cast<size_t>(n));
   n_past_ = n;
+  sync_view();
+  if (n % bs == 0) return;
+  // The block cut in the middle will be written again: it must be this sequence's alone and
+  // out of the prefix cache.
+  const size_t last = table_.size() - 1;
+  const int32_t b = table_[last];
+  if (m.refcount(b) == 1) {
+    m.unpublish(b);
+    return;
+  }
+  const int32_t copy = m.allocate();
+  if (copy < 0) {
+    m.release(b);
+    table_.pop_back();
+    n_past_ = n / bs * bs;
+    tokens_.resize(static_cast<size_t>(n_past_));
+    sync_view();
+    fail("truncate: the KV pool has no free block to copy the shared block at position {} into; the session keeps "
+         "{} positions",
+         n, n_past_);
+  }
+  engine_.backend_->kv_copy_block(kv_, b, copy, n % bs);
+  m.release(b);
+  table_[last] = copy;
+  sync_view();
 }
 
 std::vector<float> Session::hidden_states(std::span<const int32_t> tokens) {
@@ -157,14 +308,17 @@ std::vector<float> Session::hidden_states(std::span<const int32_t> tokens) {
   if (n == 0) fail("no tokens given");
   if (n > ctx) fail("input of {} tokens does not fit in the context of {} tokens", n, ctx);
   check_ids(tokens, vocab, "");
-  n_past_ = 0;
+  reset();
+  if (!reserve(n))
+    fail("the KV cache is full: {} tokens need {} blocks of {} positions, {} of {} are available", n, blocks_needed(n),
+         pool_->block_size(), pool_->blocks().n_available(), pool_->blocks().n_blocks());
   std::vector<float> out(static_cast<size_t>(n * dim));
   const int64_t batch = state_->n_batch();
   for (int64_t b = 0; b < n; b += batch) {
     const int64_t m = std::min(batch, n - b);
-    engine_.graph_->forward(*state_, tokens.subspan(static_cast<size_t>(b), static_cast<size_t>(m)), b, false,
-                            nullptr, out.data() + b * dim);
-    n_past_ = b + m;
+    const std::span<const int32_t> chunk = tokens.subspan(static_cast<size_t>(b), static_cast<size_t>(m));
+    engine_.graph_->forward(*state_, kv_, chunk, b, false, nullptr, out.data() + b * dim);
+    append(chunk);
   }
   return out;
 }
@@ -179,6 +333,9 @@ std::span<const float> Session::decode(std::span<const int32_t> tokens, bool all
          ctx - n_past_);
   }
   check_ids(tokens, vocab, "");
+  if (!reserve(n_past_ + n))
+    fail("the KV cache is full: {} new tokens need {} more blocks of {} positions, {} of {} are available", n,
+         blocks_needed(n_past_ + n), pool_->block_size(), pool_->blocks().n_available(), pool_->blocks().n_blocks());
 
   const size_t need = static_cast<size_t>((all_logits ? n : 1) * vocab);
   logits_buffer(need);
@@ -187,10 +344,10 @@ std::span<const float> Session::decode(std::span<const int32_t> tokens, bool all
     const int64_t m = std::min(batch, n - b);
     // Without all_logits only the last chunk runs the LM head.
     float* out = all_logits ? logits_ + b * vocab : (b + m == n ? logits_ : nullptr);
-    engine_.graph_->forward(*state_, tokens.subspan(static_cast<size_t>(b), static_cast<size_t>(m)), n_past_ + b,
-                            all_logits, out);
+    const std::span<const int32_t> chunk = tokens.subspan(static_cast<size_t>(b), static_cast<size_t>(m));
+    engine_.graph_->forward(*state_, kv_, chunk, n_past_, all_logits, out);
+    append(chunk);
   }
-  n_past_ += n;
   return {logits_, need};
 }
 

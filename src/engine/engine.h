@@ -8,8 +8,14 @@
 //
 // The Engine owns the backend and the weights repacked for it; the Model must outlive the Engine
 // (embedding and LM head are read from the model's memory without a copy) and the Engine must
-// outlive its Sessions. A Session is one sequence: its KV cache (n_ctx positions) and scratch.
-// Sessions of one Engine may be used from one thread at a time (the backend is shared).
+// outlive its Sessions and KV pools. A Session is one sequence: its KV blocks (kv_pool.h) and
+// scratch. Sessions of one Engine may be used from one thread at a time (the backend is shared).
+//
+// KV memory is paged on backends that support it (CPU): blocks of kv_block positions in a KvPool,
+// mapped by each Session's block table. new_session() gives a Session a private pool just big
+// enough for its context; new_session(pool) makes it draw blocks from a pool that several
+// Sessions share (the server), with the prefix cache: full blocks of earlier sequences are reused
+// by reuse_prefix(). On other backends (CUDA) every Session gets one contiguous cache.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +26,7 @@
 
 #include "core/base/model.h"
 #include "engine/backend.h"
+#include "engine/kv_pool.h"
 
 namespace onebit {
 
@@ -42,6 +49,9 @@ struct EngineOptions {
   // kInt8: quantize the LM head per row to int8 at load (an engine-owned copy, 1 byte per weight
   // instead of bf16's 2) and compute logits with int8 activations and exact int32 sums.
   LmHead lm_head = LmHead::kAsStored;
+  // Positions per KV block (paged KV, `--kv-block`); 0 = one block of n_ctx (a contiguous cache).
+  // Resolved at load to at most n_ctx, and to n_ctx on a backend without paged KV.
+  int64_t kv_block = 16;
 };
 
 class Session;
@@ -51,7 +61,12 @@ struct BatchItem {
   Session* session = nullptr;
   std::span<const int32_t> tokens;  // appended at session->n_past()
   std::span<const float> logits;    // out: logits of the last token ([n_vocab]), valid until the session's next call
+  int32_t argmax = -1;              // out, with BatchOutput::kArgmax: the index of the largest of those logits
 };
+
+// What Engine::decode_batch returns per item: the logits, or only the greedy choice (computed where
+// the logits are, on the GPU for the CUDA backend, so that only one id per sequence is copied back).
+enum class BatchOutput : uint8_t { kLogits, kArgmax };
 
 class Engine {
  public:
@@ -59,16 +74,27 @@ class Engine {
   static std::unique_ptr<Engine> load(const Model& model, const EngineOptions& opts = {});
   ~Engine();
 
-  std::unique_ptr<Session> new_session();
+  // A Session with a private KV pool of blocks_per_context() blocks (no prefix cache), or, with
+  // `pool` (from new_kv_pool), one that draws its blocks from that shared pool.
+  std::unique_ptr<Session> new_session(std::shared_ptr<KvPool> pool = nullptr);
+
+  // A pool of n_blocks KV blocks that Sessions share, with the prefix cache. Error on a backend
+  // without paged KV (paged_kv() false), for n_blocks < 1, or when the memory is not there.
+  std::shared_ptr<KvPool> new_kv_pool(int64_t n_blocks);
+  bool paged_kv() const;                 // the backend follows block tables
+  int64_t kv_block() const { return opts_.kv_block; }  // positions per block (resolved)
+  int64_t blocks_per_context() const { return (opts_.n_ctx + opts_.kv_block - 1) / opts_.kv_block; }
 
   // Continuous batching: appends each item's tokens to its session in shared forward passes of up
   // to n_batch rows (every matrix product reads the weights once for all sequences; RoPE, the KV
   // cache and attention stay per sequence). Items are packed in order; a long item is split over
   // passes. For each session the result is what session->decode(tokens) computes, to the bit.
   // Everything is checked first (an empty item, an id outside the vocabulary, tokens that do not
-  // fit the context, a session given twice or from another engine): Error, and nothing runs.
-  // Backends that run one sequence per pass (CUDA) run the items one after another.
-  void decode_batch(std::span<BatchItem> items);
+  // fit the context, a session given twice or from another engine, more new KV blocks than the
+  // sessions' pools have available): Error, and nothing runs.
+  // Backends without multi-sequence passes run the items one after another. With
+  // BatchOutput::kArgmax each item gets `argmax` (the greedy next token) and no logits.
+  void decode_batch(std::span<BatchItem> items, BatchOutput out = BatchOutput::kLogits);
 
   const ModelConfig& config() const;
   const EngineOptions& options() const { return opts_; }  // n_ctx resolved
@@ -84,7 +110,9 @@ class Engine {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<BitnetGraph> graph_;
   std::unique_ptr<GraphState> batch_state_;  // decode_batch's activation scratch (no KV cache)
-  std::vector<float> batch_logits_;
+  float* batch_logits_ = nullptr;             // decode_batch's logits (Backend::alloc_host: page-locked on a GPU)
+  size_t batch_logits_cap_ = 0;
+  std::vector<int32_t> batch_argmax_;
 };
 
 class Session {
@@ -97,7 +125,8 @@ class Session {
   // chunks of n_batch rows) and returns the logits of the last new token ([n_vocab]) or, with
   // all_logits, of every new token ([tokens.size()][n_vocab]). The span stays valid until the next
   // call. Throws Error (and leaves the session unchanged) on an empty list, an id outside the
-  // vocabulary, or when the tokens do not fit in the context.
+  // vocabulary, when the tokens do not fit in the context, or when the pool has too few free
+  // blocks for them.
   std::span<const float> decode(std::span<const int32_t> tokens, bool all_logits = false);
 
   // The final-normed hidden state of every token ([tokens.size()][hidden_size], row-major), with
@@ -108,16 +137,44 @@ class Session {
   int64_t n_past() const { return n_past_; }
   int64_t n_ctx() const;
   int64_t n_vocab() const;
-  // Forgets everything (n_past = 0).
-  void reset() { n_past_ = 0; }
+  // The tokens in the KV cache (n_past() of them).
+  std::span<const int32_t> tokens() const { return tokens_; }
+  // Forgets everything (n_past = 0) and gives its blocks back to the pool (published full blocks
+  // stay there in the prefix cache).
+  void reset() { truncate(0); }
   // Keeps the first n positions of the KV cache (chat: reuse a common prefix); n <= n_past.
+  // Blocks past them go back to the pool; a block cut in the middle that another sequence shares is
+  // copied first (Error if the pool has no block for the copy: the session then keeps the whole
+  // blocks below n).
   void truncate(int64_t n);
+  // Makes the KV cache hold the longest available prefix of `tokens`, at most `max` positions:
+  // the common prefix of tokens() and `tokens` is kept (truncate), then, with a shared pool, whole
+  // cached blocks of the pool that continue it are taken (prefix cache). Returns n_past().
+  int64_t reuse_prefix(std::span<const int32_t> tokens, int64_t max);
+  // Makes sure blocks for positions [0, positions) are held (positions <= n_ctx), taking new ones
+  // from the pool (evicting cached blocks if needed); false, and nothing taken, if the pool does
+  // not have enough. decode() does this itself; a scheduler calls it to plan.
+  bool reserve(int64_t positions);
+  // New blocks reserve(positions) would take.
+  int64_t blocks_needed(int64_t positions) const;
+  int64_t blocks_held() const { return static_cast<int64_t>(table_.size()); }
+  const KvPool& pool() const { return *pool_; }
+  const KvCacheView& kv() const { return kv_; }
 
  private:
   friend class Engine;
-  explicit Session(Engine& e);
+  Session(Engine& e, std::shared_ptr<KvPool> pool);
+  // Records `t` as written at positions n_past().. (by a forward pass) and publishes the blocks
+  // that became full to the prefix cache.
+  void append(std::span<const int32_t> t);
+  void sync_view();  // kv_ follows table_
   Engine& engine_;
   std::unique_ptr<GraphState> state_;
+  std::shared_ptr<KvPool> pool_;
+  KvCacheView kv_;
+  std::vector<int32_t> table_;   // pool block of positions [i * block_size, (i + 1) * block_size)
+  std::vector<int32_t> tokens_;  // what the KV cache holds
+  int64_t published_ = 0;        // leading blocks already offered to the prefix cache
   int64_t n_past_ = 0;
   float* logits_buffer(size_t count);  // logits_ with room for `count` floats
   // Logits in host memory from the backend (page-locked on a GPU), grown as needed.

@@ -58,7 +58,7 @@ void metric(std::string* out, std::string_view name, std::string_view type, std:
 struct Metrics::Shard {
   std::array<std::array<std::atomic<uint64_t>, kStatusSlots>, kRoutes> requests{};
   std::atomic<uint64_t> prompt_tokens{0}, reused_tokens{0}, generated_tokens{0}, embedding_tokens{0};
-  std::atomic<uint64_t> batch_steps{0}, batch_sequences{0};
+  std::atomic<uint64_t> batch_steps{0}, batch_sequences{0}, preemptions{0};
   std::array<std::atomic<uint64_t>, kTtftBuckets.size() + 1> ttft{};
   std::array<std::atomic<uint64_t>, kItlBuckets.size() + 1> itl{};
   std::atomic<double> ttft_sum{0.0}, itl_sum{0.0};
@@ -139,6 +139,8 @@ void Metrics::observe_batch(int64_t sequences) {
   bump(s.batch_sequences, static_cast<uint64_t>(std::max<int64_t>(sequences, 0)));
 }
 
+void Metrics::count_preemption() { bump(shard().preemptions, uint64_t{1}); }
+
 void Metrics::observe_ttft(double seconds) {
   Shard& s = shard();
   bump(s.ttft[bucket_of(kTtftBuckets, seconds)], uint64_t{1});
@@ -169,6 +171,7 @@ Metrics::Totals Metrics::totals() const {
     t.embedding_tokens += s->embedding_tokens.load(rl);
     t.batch_steps += s->batch_steps.load(rl);
     t.batch_sequences += s->batch_sequences.load(rl);
+    t.preemptions += s->preemptions.load(rl);
     for (size_t i = 0; i < t.ttft.size(); ++i) t.ttft[i] += s->ttft[i].load(rl);
     for (size_t i = 0; i < t.itl.size(); ++i) t.itl[i] += s->itl[i].load(rl);
     t.ttft_sum += s->ttft_sum.load(rl);
@@ -192,37 +195,47 @@ std::string Metrics::render(const GaugeValues& g) const {
   metric(&out, "onebit_prompt_tokens_total", "counter", "Prompt tokens of generation requests (reused ones included).",
          static_cast<double>(t.prompt_tokens));
   metric(&out, "onebit_prompt_tokens_reused_total", "counter",
-         "Prompt tokens whose KV cache was reused from a session's previous request (not recomputed).",
+         "Prompt tokens whose KV cache was reused from the prefix cache (not recomputed).",
          static_cast<double>(t.reused_tokens));
   metric(&out, "onebit_generated_tokens_total", "counter", "Tokens generated (stop tokens not counted).",
          static_cast<double>(t.generated_tokens));
   metric(&out, "onebit_embedding_tokens_total", "counter", "Input tokens of /v1/embeddings requests.",
          static_cast<double>(t.embedding_tokens));
   metric(&out, "onebit_prefix_cache_hit_ratio", "gauge",
-         "Reused prompt tokens / prompt tokens since start (0 before the first request).",
+         "Prompt tokens found in the KV prefix cache / prompt tokens since start (0 before the first request).",
          t.prompt_tokens ? static_cast<double>(t.reused_tokens) / static_cast<double>(t.prompt_tokens) : 0.0);
   metric(&out, "onebit_batch_steps_total", "counter", "Engine steps that ran sequences through the model (one shared batch each).",
          static_cast<double>(t.batch_steps));
   metric(&out, "onebit_batch_sequences_total", "counter",
          "Sequences in those steps, summed (divided by onebit_batch_steps_total: the mean batch size).",
          static_cast<double>(t.batch_sequences));
+  metric(&out, "onebit_preemptions_total", "counter",
+         "Running sequences that gave their KV blocks back when the pool ran out (recomputed later).",
+         static_cast<double>(t.preemptions));
   histogram(&out, "onebit_time_to_first_token_seconds", "Request queued to its first token sampled.", kTtftBuckets,
             t.ttft, t.ttft_sum);
   histogram(&out, "onebit_inter_token_latency_seconds", "Time between two sampled tokens of one sequence.",
             kItlBuckets, t.itl, t.itl_sum);
-  metric(&out, "onebit_queue_depth", "gauge", "Requests waiting for a free session.",
+  metric(&out, "onebit_queue_depth", "gauge", "Sequences waiting to run (preempted ones included).",
          static_cast<double>(g.queue_depth));
   metric(&out, "onebit_running_sequences", "gauge", "Sequences being generated or embedded now.",
          static_cast<double>(g.running));
-  out += "# HELP onebit_kv_positions KV cache positions in use: by running sequences, or kept by idle sessions "
-         "for prefix reuse.\n# TYPE onebit_kv_positions gauge\n";
+  out += "# HELP onebit_kv_positions KV cache positions holding tokens: of running sequences, or kept for prefix "
+         "reuse.\n# TYPE onebit_kv_positions gauge\n";
   out += fmt::format("onebit_kv_positions{{state=\"running\"}} {}\n", g.kv_running);
   out += fmt::format("onebit_kv_positions{{state=\"cached\"}} {}\n", g.kv_cached);
-  metric(&out, "onebit_kv_positions_total", "gauge", "KV cache positions of all sessions (sessions x context).",
+  metric(&out, "onebit_kv_positions_total", "gauge", "KV cache positions in all (blocks x block size).",
          static_cast<double>(g.kv_total));
-  metric(&out, "onebit_kv_usage_ratio", "gauge",
-         "KV positions holding tokens (running + cached) / all KV positions.",
-         g.kv_total ? static_cast<double>(g.kv_running + g.kv_cached) / static_cast<double>(g.kv_total) : 0.0);
+  out += "# HELP onebit_kv_blocks KV cache blocks: referenced by running sequences (used), kept by the prefix "
+         "cache (cached), or free.\n# TYPE onebit_kv_blocks gauge\n";
+  out += fmt::format("onebit_kv_blocks{{state=\"used\"}} {}\n", g.kv_blocks_used);
+  out += fmt::format("onebit_kv_blocks{{state=\"cached\"}} {}\n", g.kv_blocks_cached);
+  out += fmt::format("onebit_kv_blocks{{state=\"free\"}} {}\n",
+                     std::max<int64_t>(0, g.kv_blocks_total - g.kv_blocks_used - g.kv_blocks_cached));
+  metric(&out, "onebit_kv_blocks_total", "gauge", "KV cache blocks in all.", static_cast<double>(g.kv_blocks_total));
+  metric(&out, "onebit_kv_block_size", "gauge", "Positions per KV cache block.", static_cast<double>(g.kv_block_size));
+  metric(&out, "onebit_kv_usage_ratio", "gauge", "KV blocks used by running sequences / all KV blocks.",
+         g.kv_blocks_total ? static_cast<double>(g.kv_blocks_used) / static_cast<double>(g.kv_blocks_total) : 0.0);
   return out;
 }
 

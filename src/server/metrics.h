@@ -51,11 +51,15 @@ inline constexpr std::array<double, 12> kItlBuckets = {0.001, 0.0025, 0.005, 0.0
 
 // State read from the Scheduler when /metrics is scraped.
 struct GaugeValues {
-  int64_t queue_depth = 0;        // jobs waiting for a session
+  int64_t queue_depth = 0;        // jobs waiting for a session (preempted ones included)
   int64_t running = 0;            // sequences generating (or embedding) now
   int64_t kv_running = 0;         // KV positions held by running sequences
-  int64_t kv_cached = 0;          // KV positions kept by idle sessions for prefix reuse
-  int64_t kv_total = 0;           // sessions x context
+  int64_t kv_cached = 0;          // KV positions kept for prefix reuse (cached blocks, or idle sessions)
+  int64_t kv_total = 0;           // all KV positions (blocks x block size)
+  int64_t kv_block_size = 0;      // positions per KV block (the context, without paged KV)
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_used = 0;     // referenced by running sequences
+  int64_t kv_blocks_cached = 0;   // unreferenced, kept by the prefix cache (evicted when needed)
 };
 
 class Metrics {
@@ -75,6 +79,7 @@ class Metrics {
   void add_generated_tokens(int64_t tokens);
   void add_embedding_tokens(int64_t tokens);
   void observe_batch(int64_t sequences);  // one engine step that ran `sequences` sequences together
+  void count_preemption();  // a running sequence gave its KV blocks back, to be recomputed later
   void observe_ttft(double seconds);  // request queued -> first token sampled
   void observe_itl(double seconds);   // one sampled token -> the next, same sequence
 
@@ -82,7 +87,7 @@ class Metrics {
   struct Totals {
     std::vector<std::array<uint64_t, kStatuses.size() + 1>> requests;  // [route][status index]
     uint64_t prompt_tokens = 0, reused_tokens = 0, generated_tokens = 0, embedding_tokens = 0;
-    uint64_t batch_steps = 0, batch_sequences = 0;
+    uint64_t batch_steps = 0, batch_sequences = 0, preemptions = 0;
     std::array<uint64_t, kTtftBuckets.size() + 1> ttft{};  // per bucket, not cumulative; last = +Inf
     std::array<uint64_t, kItlBuckets.size() + 1> itl{};
     double ttft_sum = 0, itl_sum = 0;

@@ -14,12 +14,16 @@ using Clock = std::chrono::steady_clock;
 
 struct Scheduler::Running {
   std::shared_ptr<Job> job;
-  int slot;
-  int64_t reuse = 0;  // prompt tokens to keep from the slot's cached prefix (generation)
+  int slot = -1;              // -1 while preempted
+  uint64_t arrival = 0;       // order of first admission: the latest is preempted first
+  int64_t reuse = 0;          // prompt tokens found in the KV cache at the first admission
+  bool prompt_counted = false;
   std::optional<Sampler> sampler;
   std::optional<StopMatcher> stop;
   StreamDecoder decoder;
-  std::vector<int32_t> history;  // prompt + generated; the session holds its first n_past tokens
+  // Prompt + generated. The session holds its first n_past tokens; until `prefilled` they are
+  // (re)computed in chunks (after a preemption the generated tokens are recomputed with the prompt).
+  std::vector<int32_t> history;
   std::span<const float> logits;
   int64_t generated = 0;
   bool prefilled = false;
@@ -31,18 +35,19 @@ struct Scheduler::Running {
   int64_t input_tokens = 0;                     // embedding: tokens run so far
   // Continuous batching: what this Job gives the step's Engine::decode_batch (empty: nothing).
   std::span<const int32_t> pending;
-  int32_t pending_token = 0;   // the sampled token `pending` points at
-  bool truncated = false;      // the session was cut to the reused prefix
-  int64_t prefill_done = 0;    // prompt tokens past the reused prefix already in the KV cache
+  int32_t pending_token = 0;  // the sampled token `pending` points at
+  // This step: the Job goes on after it / failed (final_event holds the error).
+  bool more = false, failed = false;
 
-  Running(std::shared_ptr<Job> j, int s, const Tokenizer& tok, int64_t n_vocab)
-      : job(std::move(j)), slot(s), decoder(tok, /*skip_special=*/true) {
+  Running(std::shared_ptr<Job> j, const Tokenizer& tok, int64_t n_vocab)
+      : job(std::move(j)), decoder(tok, /*skip_special=*/true) {
     if (job->kind == Job::Kind::kGenerate) {
       sampler.emplace(job->sampling, n_vocab);
       stop.emplace(job->sampling.stop, job->sampling.stop_token_ids);
       history = job->prompt;
     }
   }
+  bool generating() const { return job->kind == Job::Kind::kGenerate; }
 };
 
 namespace {
@@ -90,12 +95,22 @@ size_t common_prefix(std::span<const int32_t> a, std::span<const int32_t> b) {
                              a.begin());
 }
 
-Scheduler::Scheduler(Engine& engine, const Tokenizer& tok, int parallel, size_t max_queue, Metrics* metrics)
-    : engine_(engine), tok_(tok), metrics_(metrics), parallel_(parallel),
-      max_queue_(max_queue ? max_queue : 64 * static_cast<size_t>(std::max(parallel, 1))) {
-  if (parallel < 1) fail("--parallel must be >= 1, got {}", parallel);
-  slots_.resize(static_cast<size_t>(parallel));
-  for (Slot& s : slots_) s.session = engine_.new_session();
+Scheduler::Scheduler(Engine& engine, const Tokenizer& tok, const SchedulerOptions& opts, Metrics* metrics)
+    : engine_(engine), tok_(tok), metrics_(metrics), parallel_(opts.parallel),
+      max_queue_(opts.max_queue ? opts.max_queue : 64 * static_cast<size_t>(std::max(opts.parallel, 1))) {
+  if (opts.parallel < 1) fail("--parallel must be >= 1, got {}", opts.parallel);
+  if (opts.kv_blocks < 0) fail("--kv-blocks must be >= 0 (0 = --parallel contexts), got {}", opts.kv_blocks);
+  max_sequence_ = engine_.n_ctx();
+  if (opts.shared_kv && engine_.paged_kv()) {
+    const int64_t blocks = opts.kv_blocks ? opts.kv_blocks : opts.parallel * engine_.blocks_per_context();
+    pool_ = engine_.new_kv_pool(blocks);
+    max_sequence_ = std::min(max_sequence_, blocks * engine_.kv_block());
+    if (max_sequence_ < 2)
+      fail("--kv-blocks {} of {} positions cannot hold a prompt and one more token", blocks, engine_.kv_block());
+  }
+  slots_.resize(static_cast<size_t>(opts.parallel));
+  for (Slot& s : slots_) s.session = engine_.new_session(pool_);
+  publish_stats(0);
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -133,28 +148,55 @@ size_t Scheduler::channel_capacity(std::span<const std::shared_ptr<Job>> jobs) c
   return n;
 }
 
+int64_t Scheduler::kv_blocks() const {
+  return pool_ ? pool_->blocks().n_blocks() : parallel_ * engine_.blocks_per_context();
+}
+
 SchedulerStats Scheduler::stats() const {
   SchedulerStats s;
   {
     std::lock_guard lk(mu_);
     s.queued = static_cast<int64_t>(queue_.size());
   }
-  s.running = n_running_.load(std::memory_order_relaxed);
-  s.kv_running = kv_running_.load(std::memory_order_relaxed);
-  s.kv_cached = kv_cached_.load(std::memory_order_relaxed);
-  s.kv_total = static_cast<int64_t>(parallel_) * engine_.n_ctx();
+  constexpr auto rl = std::memory_order_relaxed;
+  s.queued += n_preempted_.load(rl);
+  s.running = n_running_.load(rl);
+  s.kv_running = kv_running_.load(rl);
+  s.kv_cached = kv_cached_.load(rl);
+  s.kv_block_size = kv_block_size();
+  s.kv_blocks_total = kv_blocks();
+  s.kv_total = s.kv_blocks_total * s.kv_block_size;
+  s.kv_blocks_used = blocks_used_.load(rl);
+  s.kv_blocks_cached = blocks_cached_.load(rl);
+  s.preemptions = preemptions_.load(rl);
   return s;
 }
 
 void Scheduler::publish_stats(size_t n_running) {
-  int64_t kv_run = 0, kv_idle = 0;
+  int64_t kv_run = 0, kv_idle = 0, busy = 0, idle_kept = 0;  // positions; blocks of private caches
   for (const Slot& s : slots_) {
-    if (s.busy) kv_run += s.session->n_past();
-    else kv_idle += static_cast<int64_t>(s.cached.size());
+    if (s.busy) {
+      kv_run += s.session->n_past();
+      busy += s.session->blocks_held();
+    } else {
+      kv_idle += s.session->n_past();
+      idle_kept += s.session->blocks_held();
+    }
   }
-  n_running_.store(static_cast<int64_t>(n_running), std::memory_order_relaxed);
-  kv_running_.store(kv_run, std::memory_order_relaxed);
-  kv_cached_.store(kv_idle, std::memory_order_relaxed);
+  constexpr auto rl = std::memory_order_relaxed;
+  if (pool_) {
+    const KvBlockManager& m = pool_->blocks();
+    kv_idle = m.n_cached() * m.block_size();
+    blocks_used_.store(m.n_used(), rl);
+    blocks_cached_.store(m.n_cached(), rl);
+  } else {
+    blocks_used_.store(busy, rl);
+    blocks_cached_.store(idle_kept, rl);
+  }
+  n_running_.store(static_cast<int64_t>(n_running), rl);
+  n_preempted_.store(static_cast<int64_t>(preempted_.size()), rl);
+  kv_running_.store(kv_run, rl);
+  kv_cached_.store(kv_idle, rl);
 }
 
 int Scheduler::pick_slot(const Job& job) const {
@@ -164,121 +206,222 @@ int Scheduler::pick_slot(const Job& job) const {
     const Slot& s = slots_[i];
     if (s.busy) continue;
     if (lru < 0 || s.last_used < slots_[static_cast<size_t>(lru)].last_used) lru = static_cast<int>(i);
-    const size_t p = job.kind == Job::Kind::kGenerate ? common_prefix(s.cached, job.prompt) : 0;
+    const size_t p = job.kind == Job::Kind::kGenerate ? common_prefix(s.session->tokens(), job.prompt) : 0;
     if (p > best_prefix) {
       best = static_cast<int>(i);
       best_prefix = p;
     }
   }
   // A prefix shorter than half the prompt (a shared BOS or system prompt) is not worth evicting
-  // the least recently used session's cache for.
+  // the least recently used session's cache for. (With a shared pool idle sessions hold nothing.)
   if (best >= 0 && 2 * best_prefix >= job.prompt.size()) return best;
   return lru;
 }
 
+void Scheduler::admit(RunningList& running) {
+  for (;;) {
+    while (!preempted_.empty() && preempted_.front()->job->cancelled) preempted_.pop_front();
+    while (!queue_.empty() && queue_.front()->cancelled) queue_.pop_front();
+    const bool resume = !preempted_.empty();  // preempted sequences go first
+    if (!resume && queue_.empty()) return;
+    const std::shared_ptr<Job> job = resume ? preempted_.front()->job : queue_.front();
+    const bool gen = job->kind == Job::Kind::kGenerate;
+    if (!resume) {
+      // A Job that could not run even alone is refused (the HTTP layer checks this first).
+      int64_t longest = gen ? static_cast<int64_t>(job->prompt.size()) + 1 : 0;
+      if (!gen)
+        for (const auto& in : job->inputs) longest = std::max(longest, static_cast<int64_t>(in.size()));
+      if (longest > max_sequence_ || (gen && job->prompt.empty())) {
+        queue_.pop_front();
+        send_error(*job, pool_ && max_sequence_ < engine_.n_ctx()
+                             ? fmt::format("the request needs {} KV cache positions but the whole KV pool holds {} "
+                                           "({} blocks of {}; see --kv-blocks)",
+                                           longest, max_sequence_, kv_blocks(), kv_block_size())
+                             : fmt::format("the request needs {} positions but the context is {} tokens", longest,
+                                           max_sequence_));
+        continue;
+      }
+    }
+    const int slot = pick_slot(*job);
+    if (slot < 0) return;
+    Session& session = *slots_[static_cast<size_t>(slot)].session;
+    const std::span<const int32_t> seq = !gen ? std::span<const int32_t>() : resume ? std::span(preempted_.front()->history)
+                                                                                   : std::span(job->prompt);
+    // Keep at least the last token to decode, so that its logits exist.
+    const int64_t reused = gen ? session.reuse_prefix(seq, static_cast<int64_t>(seq.size()) - 1) : 0;
+    if (pool_ && !running.empty()) {
+      // Wait until the pool can hold this sequence (its prompt and one more token) next to the
+      // running ones; with nothing running it always can.
+      const size_t input = resume ? preempted_.front()->next_input : 0;
+      const int64_t want = std::min(max_sequence_, gen ? static_cast<int64_t>(seq.size()) + 1
+                                                        : static_cast<int64_t>(job->inputs[input].size()));
+      if (session.blocks_needed(want) > pool_->blocks().n_available()) {
+        session.reset();  // the blocks it took stay in the prefix cache
+        return;
+      }
+    }
+    std::unique_ptr<Running> r;
+    if (resume) {
+      r = std::move(preempted_.front());
+      preempted_.pop_front();
+    } else {
+      queue_.pop_front();
+      try {
+        r = std::make_unique<Running>(job, tok_, engine_.n_vocab());
+      } catch (const std::exception& e) {  // the server validated the params; this is a backstop
+        if (pool_) session.reset();
+        send_error(*job, e.what());
+        continue;
+      }
+      r->arrival = ++arrivals_;
+      r->reuse = reused;
+    }
+    Slot& s = slots_[static_cast<size_t>(slot)];
+    r->slot = slot;
+    s.busy = true;
+    s.last_used = ++round_;
+    running.push_back(std::move(r));
+  }
+}
+
 void Scheduler::loop() {
-  std::vector<std::unique_ptr<Running>> running;
+  RunningList running;
   for (;;) {
     {
       std::unique_lock lk(mu_);
-      cv_.wait(lk, [&] { return stopping_ || !queue_.empty() || !running.empty(); });
+      cv_.wait(lk, [&] { return stopping_ || !queue_.empty() || !running.empty() || !preempted_.empty(); });
       if (stopping_) {
         for (auto& r : running)
+          if (!r->job->cancelled) send_error(*r->job, "the server is shutting down");
+        for (auto& r : preempted_)
           if (!r->job->cancelled) send_error(*r->job, "the server is shutting down");
         for (auto& j : queue_)
           if (!j->cancelled) send_error(*j, "the server is shutting down");
         queue_.clear();
         return;
       }
-      while (!queue_.empty()) {
-        if (queue_.front()->cancelled) {
-          queue_.pop_front();
-          continue;
-        }
-        const int slot = pick_slot(*queue_.front());
-        if (slot < 0) break;
-        std::shared_ptr<Job> job = std::move(queue_.front());
-        queue_.pop_front();
-        Slot& s = slots_[static_cast<size_t>(slot)];
-        try {
-          auto r = std::make_unique<Running>(job, slot, tok_, engine_.n_vocab());
-          if (job->kind == Job::Kind::kGenerate) {
-            // Keep at least the prompt's last token to decode, so that its logits exist.
-            r->reuse = static_cast<int64_t>(
-                std::min(common_prefix(s.cached, job->prompt), job->prompt.size() - 1));
-          }
-          s.busy = true;
-          s.last_used = ++round_;
-          running.push_back(std::move(r));
-        } catch (const std::exception& e) {  // the server validated the params; this is a backstop
-          send_error(*job, e.what());
-        }
-      }
+      admit(running);
     }
     publish_stats(running.size());
     // One step: every running Job takes its turn, generations that are decoding first (each
     // samples its next token), then prompts still being prefilled, in chunks, with what is left
-    // of the step's token budget; then all the tokens queued this way go through the model in
-    // one Engine::decode_batch (shared passes over the weights).
-    const size_t n = running.size();
-    std::vector<char> more(n, 0), failed(n, 0);
+    // of the step's token budget; Jobs that finished are let go, the others get their KV blocks;
+    // then all the tokens queued this way go through the model in one Engine::decode_batch
+    // (shared passes over the weights), and embedding Jobs run one input each.
     int64_t budget = engine_.options().n_batch;
-    auto turn = [&](size_t i) {
-      Running& r = *running[i];
+    auto turn = [&](Running& r) {
+      r.pending = {};
+      r.failed = false;
       try {
-        more[i] = r.job->kind == Job::Kind::kEmbed ? step_embed(r) : step(r, budget);
+        r.more = r.generating() ? step(r, budget) : !r.job->cancelled;
       } catch (const std::exception& e) {
-        failed[i] = 1;
+        r.failed = true;
         r.final_event = error_event(e.what(), static_cast<int64_t>(r.job->prompt.size()));
       }
     };
-    for (size_t i = 0; i < n; ++i)
-      if (running[i]->job->kind == Job::Kind::kEmbed || running[i]->prefilled) turn(i);
+    for (auto& r : running)
+      if (!r->generating() || r->prefilled) turn(*r);
     budget = std::max<int64_t>(budget, kMinPrefillChunk);  // prompts always progress
-    for (size_t i = 0; i < n; ++i)
-      if (running[i]->job->kind == Job::Kind::kGenerate && !running[i]->prefilled) turn(i);
-    run_batch(running, more, failed);
-    for (size_t i = 0, k = 0; k < n; ++k) {
-      Running& r = *running[i];
-      Slot& slot = slots_[static_cast<size_t>(r.slot)];
-      if (more[k] && !failed[k]) {
-        ++i;
-        continue;
-      }
-      // The session keeps what it holds for the next Job with the same prefix.
-      const int64_t n_past = slot.session->n_past();
-      if (!failed[k] && r.job->kind == Job::Kind::kGenerate && n_past <= static_cast<int64_t>(r.history.size())) {
-        slot.cached.assign(r.history.begin(), r.history.begin() + n_past);
-      } else if (!failed[k] && r.job->kind == Job::Kind::kEmbed && r.next_input > 0 &&
-                 n_past == static_cast<int64_t>(r.job->inputs[r.next_input - 1].size())) {
-        slot.cached = r.job->inputs[r.next_input - 1];
-      } else {
-        slot.session->reset();
-        slot.cached.clear();
-      }
-      slot.busy = false;
-      // The final event goes out after the session is released and the stats say so: a client
-      // that reads /metrics right after its reply sees its sequence gone.
-      std::optional<TokenEvent> final_event = std::move(r.final_event);
-      std::shared_ptr<Job> job = std::move(r.job);
-      running.erase(running.begin() + static_cast<std::ptrdiff_t>(i));
-      if (final_event) {
-        publish_stats(running.size());
-        send(*job, std::move(*final_event));
+    for (auto& r : running)
+      if (r->generating() && !r->prefilled) turn(*r);
+    retire(running);
+    if (pool_) plan_blocks(running);
+    run_batch(running);
+    for (auto& r : running) {
+      if (r->generating() || !r->more || r->failed) continue;
+      try {
+        r->more = step_embed(*r);
+      } catch (const std::exception& e) {
+        r->failed = true;
+        r->final_event = error_event(e.what(), static_cast<int64_t>(r->job->prompt.size()));
       }
     }
+    retire(running);
     publish_stats(running.size());
   }
 }
 
-void Scheduler::run_batch(std::vector<std::unique_ptr<Running>>& running, std::vector<char>& more,
-                          std::vector<char>& failed) {
+void Scheduler::retire(RunningList& running) {
+  for (size_t i = 0; i < running.size();) {
+    Running& r = *running[i];
+    if (r.more && !r.failed) {
+      ++i;
+      continue;
+    }
+    Slot& slot = slots_[static_cast<size_t>(r.slot)];
+    // With a shared pool the blocks go back (full ones stay in the prefix cache); otherwise the
+    // Session keeps its tokens for the next Job with the same prefix.
+    if (pool_ || r.failed) slot.session->reset();
+    slot.busy = false;
+    // The final event goes out after the session is released and the stats say so: a client
+    // that reads /metrics right after its reply sees its sequence gone.
+    std::optional<TokenEvent> final_event = std::move(r.final_event);
+    std::shared_ptr<Job> job = std::move(r.job);
+    running.erase(running.begin() + static_cast<std::ptrdiff_t>(i));
+    if (final_event) {
+      publish_stats(running.size());
+      send(*job, std::move(*final_event));
+    }
+  }
+}
+
+void Scheduler::preempt(Running& r) {
+  Slot& slot = slots_[static_cast<size_t>(r.slot)];
+  slot.session->reset();  // its full blocks stay cached: the recompute may find them again
+  slot.busy = false;
+  r.slot = -1;
+  r.prefilled = false;
+  r.pending = {};
+  r.logits = {};
+  r.more = false;
+  preemptions_.fetch_add(1, std::memory_order_relaxed);
+  if (metrics_) metrics_->count_preemption();
+}
+
+void Scheduler::plan_blocks(RunningList& running) {
+  std::vector<Running*> order;
+  for (auto& r : running) order.push_back(r.get());
+  std::sort(order.begin(), order.end(), [](const Running* a, const Running* b) { return a->arrival < b->arrival; });
+  for (Running* r : order) {
+    if (r->slot < 0 || !r->more || r->failed) continue;
+    Session& session = *slots_[static_cast<size_t>(r->slot)].session;
+    int64_t need;
+    if (r->generating()) {
+      if (r->pending.empty()) continue;
+      need = session.n_past() + static_cast<int64_t>(r->pending.size());
+    } else {
+      session.reset();  // hidden_states() runs the input from position 0
+      need = static_cast<int64_t>(r->job->inputs[r->next_input].size());
+    }
+    while (!session.reserve(need)) {
+      // The most recently admitted sequence still holding a Session gives its blocks back.
+      Running* victim = nullptr;
+      for (Running* o : order)
+        if (o->slot >= 0 && (victim == nullptr || o->arrival > victim->arrival)) victim = o;
+      preempt(*victim);
+      if (victim == r) break;
+    }
+  }
+  for (size_t i = 0; i < running.size();) {
+    if (running[i]->slot >= 0) {
+      ++i;
+      continue;
+    }
+    std::unique_ptr<Running> r = std::move(running[i]);
+    running.erase(running.begin() + static_cast<std::ptrdiff_t>(i));
+    const auto at = std::upper_bound(preempted_.begin(), preempted_.end(), r->arrival,
+                                     [](uint64_t a, const std::unique_ptr<Running>& p) { return a < p->arrival; });
+    preempted_.insert(at, std::move(r));
+  }
+}
+
+void Scheduler::run_batch(RunningList& running) {
   std::vector<BatchItem> items;
-  std::vector<size_t> owner;
-  for (size_t i = 0; i < running.size(); ++i)
-    if (more[i] && !failed[i] && !running[i]->pending.empty()) {
-      items.push_back({slots_[static_cast<size_t>(running[i]->slot)].session.get(), running[i]->pending, {}});
-      owner.push_back(i);
+  std::vector<Running*> owner;
+  for (auto& r : running)
+    if (r->more && !r->failed && !r->pending.empty()) {
+      items.push_back({slots_[static_cast<size_t>(r->slot)].session.get(), r->pending, {}});
+      owner.push_back(r.get());
     }
   if (items.empty()) return;
   try {
@@ -286,27 +429,27 @@ void Scheduler::run_batch(std::vector<std::unique_ptr<Running>>& running, std::v
   } catch (const std::exception&) {
     // decode_batch checks everything before running anything: find the Job at fault by running
     // them one by one, so that the others are not disturbed.
-    for (BatchItem& it : items) {
+    for (size_t j = 0; j < items.size(); ++j) {
+      BatchItem& it = items[j];
       it.logits = {};
       try {
         it.logits = it.session->decode(it.tokens);
       } catch (const std::exception& e) {
-        const size_t i = owner[static_cast<size_t>(&it - items.data())];
-        failed[i] = 1;
-        running[i]->final_event = error_event(e.what(), static_cast<int64_t>(running[i]->job->prompt.size()));
+        owner[j]->failed = true;
+        owner[j]->final_event = error_event(e.what(), static_cast<int64_t>(owner[j]->job->prompt.size()));
       }
     }
   }
   if (metrics_) metrics_->observe_batch(static_cast<int64_t>(items.size()));
   for (size_t j = 0; j < items.size(); ++j) {
-    Running& r = *running[owner[j]];
+    Running& r = *owner[j];
     r.pending = {};
-    if (failed[owner[j]]) continue;
+    if (r.failed) continue;
     r.logits = items[j].logits;
-    const Job& job = *r.job;
-    if (!r.prefilled && r.reuse + r.prefill_done == static_cast<int64_t>(job.prompt.size())) {
+    if (!r.prefilled && items[j].session->n_past() == static_cast<int64_t>(r.history.size())) {
       r.prefilled = true;
-      if (metrics_) metrics_->add_prompt_tokens(static_cast<int64_t>(job.prompt.size()), r.reuse);
+      if (metrics_ && !r.prompt_counted) metrics_->add_prompt_tokens(static_cast<int64_t>(r.job->prompt.size()), r.reuse);
+      r.prompt_counted = true;
     }
   }
 }
@@ -316,18 +459,14 @@ bool Scheduler::step(Running& r, int64_t& budget) {
   Session& session = *slots_[static_cast<size_t>(r.slot)].session;
   if (job.cancelled) return false;
   if (!r.prefilled) {
-    // The next chunk of the prompt (past the reused prefix), within the step's budget.
-    if (!r.truncated) {
-      session.truncate(r.reuse);
-      r.truncated = true;
-    }
-    const int64_t rest = static_cast<int64_t>(job.prompt.size()) - r.reuse - r.prefill_done;
-    const int64_t take = std::min(rest, budget);
+    // The next chunk of the prompt (or, after a preemption, of prompt + generated) that is not in
+    // the KV cache yet, within the step's budget.
+    const int64_t done = session.n_past();
+    const int64_t take = std::min(static_cast<int64_t>(r.history.size()) - done, budget);
     if (take <= 0) return true;  // no budget left in this step
-    r.pending = std::span(job.prompt).subspan(static_cast<size_t>(r.reuse + r.prefill_done), static_cast<size_t>(take));
-    r.prefill_done += take;
+    r.pending = std::span(r.history).subspan(static_cast<size_t>(done), static_cast<size_t>(take));
     budget -= take;
-    return true;  // sampling starts on the step after the prompt's last chunk
+    return true;  // sampling starts on the step after the last chunk
   }
   auto finish = [&](const char* reason, std::string text) {
     TokenEvent ev;
@@ -362,7 +501,7 @@ bool Scheduler::step(Running& r, int64_t& budget) {
   if (res.stopped) return finish("stop", std::move(res.text));
   const int32_t max_tokens = job.sampling.max_tokens;
   const bool at_limit = max_tokens >= 0 && r.generated >= max_tokens;
-  const bool ctx_full = session.n_past() >= session.n_ctx();
+  const bool ctx_full = session.n_past() >= max_sequence_;
   if (at_limit || ctx_full) {
     StopMatcher::Result tail = r.stop->push(r.decoder.flush());
     std::string text = std::move(res.text) + tail.text;

@@ -102,6 +102,8 @@ class Server {
     if (o.ctx < 0 || o.ctx > max_pos)
       fail("--ctx must be in [0, {}] (0 = the model's maximum), got {}", max_pos, o.ctx);
     if (o.threads < 0) fail("-t must be >= 0, got {}", o.threads);
+    if (o.kv_block < 0) fail("--kv-block must be >= 0 (0 = the whole context), got {}", o.kv_block);
+    if (o.kv_blocks < 0) fail("--kv-blocks must be >= 0 (0 = --parallel contexts), got {}", o.kv_blocks);
     for (const std::string& origin : o.cors_origins)
       if (origin.empty()) fail("--cors-origin must not be empty");
     model_id_ = std::filesystem::path(o.model_path).filename().string();
@@ -150,13 +152,22 @@ class Server {
         eo.n_ctx = opts_.ctx;
         eo.n_threads = opts_.threads;
         eo.device = device_from_name(opts_.device);
+        eo.kv_block = opts_.kv_block;
         auto engine = Engine::load(*model_, eo);
-        auto sched = std::make_unique<Scheduler>(*engine, tok_, opts_.parallel, opts_.max_queue, &metrics_);
+        SchedulerOptions so;
+        so.parallel = opts_.parallel;
+        so.max_queue = opts_.max_queue;
+        so.kv_blocks = opts_.kv_blocks;
+        auto sched = std::make_unique<Scheduler>(*engine, tok_, so, &metrics_);
         engine_ = std::move(engine);
         sched_ = std::move(sched);
         loaded_.store(true, std::memory_order_release);
-        log("model {} ({} backend, context {} tokens, {} parallel, queue up to {})", model_id_,
-            engine_->backend_name(), engine_->n_ctx(), opts_.parallel, sched_->max_queue());
+        log("model {} ({} backend, context {} tokens, {} parallel, queue up to {}, KV: {})", model_id_,
+            engine_->backend_name(), engine_->n_ctx(), opts_.parallel, sched_->max_queue(),
+            sched_->shared_kv()
+                ? fmt::format("{} blocks of {} positions, shared, prefix cache", sched_->kv_blocks(),
+                              sched_->kv_block_size())
+                : std::string("one contiguous cache per session"));
         if (stopping_) sched_->shutdown();  // a signal came while loading
       } catch (const std::exception& e) {
         load_error = e.what();
@@ -431,7 +442,8 @@ class Server {
 
   GaugeValues gauges() const {
     const SchedulerStats s = sched_->stats();
-    return {s.queued, s.running, s.kv_running, s.kv_cached, s.kv_total};
+    return {s.queued,        s.running,         s.kv_running,     s.kv_cached,       s.kv_total,
+            s.kv_block_size, s.kv_blocks_total, s.kv_blocks_used, s.kv_blocks_cached};
   }
 
   json model_json() const {
@@ -449,6 +461,10 @@ class Server {
             {"n_vocab", engine_->n_vocab()},
             {"hidden_size", c.hidden_size},
             {"parallel", opts_.parallel},
+            {"kv_block_size", sched_->kv_block_size()},
+            {"kv_blocks", sched_->kv_blocks()},
+            {"kv_shared", sched_->shared_kv()},
+            {"max_sequence", sched_->max_sequence()},
             {"max_queue", sched_->max_queue()},
             {"backend", std::string(engine_->backend_name())},
             {"chat_template", tmpl_.source()},
@@ -511,6 +527,11 @@ class Server {
       throw ApiError(400, fmt::format("the prompt has {} tokens but the context is {} tokens (it must leave room for at least one more)",
                                       n, engine_->n_ctx()),
                      chat ? "messages" : "prompt", "context_length_exceeded");
+    if (n >= sched_->max_sequence())
+      throw ApiError(400, fmt::format("the prompt has {} tokens but the KV cache pool holds only {} positions ({} blocks of "
+                                      "{}; it must leave room for at least one more; see --kv-blocks)",
+                                      n, sched_->max_sequence(), sched_->kv_blocks(), sched_->kv_block_size()),
+                     chat ? "messages" : "prompt", "context_length_exceeded");
     g.sampling.stop_token_ids = stop_ids_;
     try {
       g.sampling.validate(engine_->n_vocab());
@@ -554,6 +575,11 @@ class Server {
       }
       if (static_cast<int64_t>(ids.size()) > engine_->n_ctx())
         throw ApiError(400, fmt::format("input {} has {} tokens but the context is {} tokens", i, ids.size(), engine_->n_ctx()),
+                       "input", "context_length_exceeded");
+      if (static_cast<int64_t>(ids.size()) > sched_->max_sequence())
+        throw ApiError(400, fmt::format("input {} has {} tokens but the KV cache pool holds only {} positions ({} blocks "
+                                        "of {}; see --kv-blocks)",
+                                        i, ids.size(), sched_->max_sequence(), sched_->kv_blocks(), sched_->kv_block_size()),
                        "input", "context_length_exceeded");
       job->inputs.push_back(std::move(ids));
     }

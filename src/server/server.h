@@ -20,6 +20,8 @@ struct ServerOptions {
   std::string api_key;       // non-empty: every route but /health needs "Authorization: Bearer KEY"
   int64_t ctx = 0;           // context per request; 0 = model maximum, at most 4096
   int parallel = 4;          // requests generating at once (one Session each)
+  int64_t kv_block = 16;     // positions per KV block (paged KV); 0 = the whole context
+  int64_t kv_blocks = 0;     // blocks of the shared KV pool; 0 = parallel x blocks per context
   int threads = 0;           // engine CPU threads, 0 = all
   std::string device = "cpu";  // "cpu" or "cuda" (EngineOptions::device)
   int http_threads = 2;

@@ -3,7 +3,8 @@
 //  - ternary_gemm (int8 tensor cores) vs ternary_gemv_reference per token row: bit for bit;
 //  - int8_gemv, embed_rows, relu2_mul, add_inplace, kv_store_rows, argmax: exact;
 //  - rmsnorm_rows, rmsnorm_quantize_rows, rope_rows, dense_gemv, attention_rows: within fp32
-//    rounding of a double-precision host reference (tolerances below, each justified).
+//    rounding of a double-precision host reference (tolerances below, each justified);
+//  - attention_decode (fused RoPE + KV store + attention + merge) vs the unfused launches: bit for bit.
 // Exit 0 = all pass, 1 = a mismatch or a CUDA error. Without a CUDA device: "SKIPPED: ..." and 0.
 #include <algorithm>
 #include <cmath>
@@ -446,6 +447,22 @@ void check_small_ops() {
     cudaFree(dl);
     cudaFree(res);
   }
+  {  // several rows at once
+    const int64_t rows = 37, len = 128256;
+    std::vector<float> l = randn(static_cast<size_t>(rows * len));
+    l[5 * len + 9] = l[5 * len + 100] = 50.0f;  // a tie in row 5
+    float* dl = dev(l);
+    int32_t* res = dev_poison<int32_t>(static_cast<size_t>(rows));
+    CK(argmax(dl, len, res, nullptr, rows));
+    const std::vector<int32_t> got = host(res, static_cast<size_t>(rows));
+    int64_t bad = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      bad += got[static_cast<size_t>(r)] !=
+             static_cast<int32_t>(std::max_element(l.begin() + r * len, l.begin() + (r + 1) * len) - (l.begin() + r * len));
+    expect(bad == 0 && got[5] == 9, "argmax, " + std::to_string(rows) + " rows: " + std::to_string(bad) + " differ");
+    cudaFree(dl);
+    cudaFree(res);
+  }
   cudaFree(dt);
   cudaFree(di);
   cudaFree(x);
@@ -563,6 +580,173 @@ void check_rope_kv(int64_t H, int64_t Hkv, int64_t D, int64_t n, bool f16) {
     cudaFree(p);
 }
 
+// attention_decode (RoPE, KV store and attention in one kernel, then the merge) against
+// rope_kv_store_rows + attention_rows on the same inputs: output, cache and (unrotated) q and k,
+// bit for bit.
+void check_attention_decode(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t pos, bool f16) {
+  KvView kv;
+  kv.f16 = f16;
+  kv.n_layers = 2;
+  kv.n_kv_heads = Hkv;
+  kv.n_ctx = n_ctx;
+  kv.head_dim = D;
+  const std::string what = "attention_decode H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) + " D=" +
+                           std::to_string(D) + " ctx=" + std::to_string(n_ctx) + " pos=" + std::to_string(pos) +
+                           (f16 ? " f16" : " f32");
+  if (!attention_decode_fusable(kv, H)) {
+    expect(false, what + ": not fusable");
+    return;
+  }
+  const size_t elems = static_cast<size_t>(2 * 2 * Hkv * n_ctx * D);
+  std::vector<float> cache = randn(elems);
+  std::vector<uint16_t> cache16(elems);
+  for (size_t i = 0; i < elems; ++i) {
+    const __half h = __float2half_rn(cache[i]);
+    std::memcpy(&cache16[i], &h, 2);
+  }
+  auto fresh_cache = [&]() -> void* {
+    return f16 ? static_cast<void*>(dev(cache16)) : static_cast<void*>(dev(cache));
+  };
+  const size_t bytes = elems * (f16 ? 2 : 4);
+  const std::vector<float> q = randn(static_cast<size_t>(H * D)), k = randn(static_cast<size_t>(Hkv * D)),
+                           v = randn(static_cast<size_t>(Hkv * D));
+  std::vector<float> ct(static_cast<size_t>(n_ctx * D / 2)), st(ct.size());
+  for (size_t i = 0; i < ct.size(); ++i) {
+    const double a = std::uniform_real_distribution<double>(-3.2, 3.2)(rng);
+    ct[i] = float(std::cos(a));
+    st[i] = float(std::sin(a));
+  }
+  float *dc = dev(ct), *ds = dev(st), *dv = dev(v);
+  int32_t* dpos = dev(std::vector<int32_t>{static_cast<int32_t>(pos)});
+  const size_t sfl = attention_scratch_floats(n_ctx, 1, H, D);
+  // Reference: the unfused launches.
+  KvView a = kv;
+  a.data = fresh_cache();
+  float *q1 = dev(q), *k1 = dev(k);
+  float* scratch1 = sfl ? dev_poison<float>(sfl) : nullptr;
+  float* out1 = dev_poison<float>(static_cast<size_t>(H * D));
+  CK(rope_kv_store_rows(q1, k1, dv, 1, H, a, 1, dc, ds, dpos, nullptr));
+  CK(attention_rows(a, 1, q1, 1, H, dpos, scratch1, out1, nullptr));
+  const std::vector<float> want = host(out1, static_cast<size_t>(H * D));
+  const std::vector<uint8_t> want_cache = host(static_cast<uint8_t*>(a.data), bytes);
+  KvView b = kv;
+  b.data = fresh_cache();
+  float *q2 = dev(q), *k2 = dev(k);
+  float* scratch2 = sfl ? dev_poison<float>(sfl) : nullptr;
+  float* out2 = dev_poison<float>(static_cast<size_t>(H * D));
+  CK(attention_decode(b, 1, q2, k2, dv, 1, H, dc, ds, dpos, nullptr, scratch2, out2, nullptr));
+  expect(host(out2, static_cast<size_t>(H * D)) == want, what + ": output differs");
+  expect(host(static_cast<uint8_t*>(b.data), bytes) == want_cache, what + ": cache differs");
+  expect(host(q2, q.size()) == q && host(k2, k.size()) == k, what + ": q or k was modified");
+  for (void* p : {b.data, static_cast<void*>(q2), static_cast<void*>(k2), static_cast<void*>(scratch2),
+                  static_cast<void*>(out2)})
+    cudaFree(p);
+  for (void* p : {a.data, static_cast<void*>(q1), static_cast<void*>(k1), static_cast<void*>(scratch1),
+                  static_cast<void*>(out1), static_cast<void*>(dc), static_cast<void*>(ds), static_cast<void*>(dv),
+                  static_cast<void*>(dpos)})
+    cudaFree(p);
+}
+
+// A multi-sequence pass: S rows, each of its own cache and position (RowSeq), through
+// attention_decode and through rope_kv_store_rows + attention_rows, against each row run alone
+// (n = 1): outputs and caches bit for bit.
+void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t S, bool f16) {
+  KvView kv;
+  kv.f16 = f16;
+  kv.n_layers = 2;
+  kv.n_kv_heads = Hkv;
+  kv.n_ctx = n_ctx;
+  kv.head_dim = D;
+  const std::string what = "multi-sequence attention S=" + std::to_string(S) + " D=" + std::to_string(D) +
+                           " ctx=" + std::to_string(n_ctx) + (f16 ? " f16" : " f32");
+  const size_t elems = static_cast<size_t>(2 * 2 * Hkv * n_ctx * D), bytes = elems * (f16 ? 2 : 4);
+  std::vector<std::vector<uint8_t>> caches;
+  std::vector<int32_t> pos;
+  for (int64_t i = 0; i < S; ++i) {
+    const std::vector<float> f = randn(elems);
+    std::vector<uint8_t> c(bytes);
+    for (size_t e = 0; e < elems; ++e) {
+      if (f16) {
+        const __half h = __float2half_rn(f[e]);
+        std::memcpy(&c[e * 2], &h, 2);
+      } else {
+        std::memcpy(&c[e * 4], &f[e], 4);
+      }
+    }
+    caches.push_back(std::move(c));
+    pos.push_back(static_cast<int32_t>(std::uniform_int_distribution<int64_t>(0, n_ctx - 1)(rng)));
+  }
+  pos[0] = 0;
+  pos[static_cast<size_t>(S - 1)] = static_cast<int32_t>(n_ctx - 1);
+  const std::vector<float> q = randn(static_cast<size_t>(S * H * D)), k = randn(static_cast<size_t>(S * Hkv * D)),
+                           v = randn(static_cast<size_t>(S * Hkv * D));
+  std::vector<float> ct(static_cast<size_t>(n_ctx * D / 2)), st(ct.size());
+  for (size_t i = 0; i < ct.size(); ++i) {
+    const double a = std::uniform_real_distribution<double>(-3.2, 3.2)(rng);
+    ct[i] = float(std::cos(a));
+    st[i] = float(std::sin(a));
+  }
+  float *dc = dev(ct), *ds = dev(st);
+  const size_t hd = static_cast<size_t>(H * D), kd = static_cast<size_t>(Hkv * D);
+  // Each row alone.
+  std::vector<float> want(static_cast<size_t>(S) * hd);
+  std::vector<std::vector<uint8_t>> want_cache;
+  for (int64_t i = 0; i < S; ++i) {
+    KvView a = kv;
+    a.data = dev(caches[static_cast<size_t>(i)]);
+    float* dq = dev(std::vector<float>(q.begin() + i * hd, q.begin() + (i + 1) * hd));
+    float* dk = dev(std::vector<float>(k.begin() + i * kd, k.begin() + (i + 1) * kd));
+    float* dv = dev(std::vector<float>(v.begin() + i * kd, v.begin() + (i + 1) * kd));
+    int32_t* dp = dev(std::vector<int32_t>{pos[static_cast<size_t>(i)]});
+    const size_t sfl = attention_scratch_floats(n_ctx, 1, H, D);
+    float* scratch = sfl ? dev_poison<float>(sfl) : nullptr;
+    float* out = dev_poison<float>(hd);
+    CK(rope_kv_store_rows(dq, dk, dv, 1, H, a, 1, dc, ds, dp, nullptr));
+    CK(attention_rows(a, 1, dq, 1, H, dp, scratch, out, nullptr));
+    const std::vector<float> o = host(out, hd);
+    std::copy(o.begin(), o.end(), want.begin() + i * hd);
+    want_cache.push_back(host(static_cast<uint8_t*>(a.data), bytes));
+    for (void* p : {a.data, static_cast<void*>(dq), static_cast<void*>(dk), static_cast<void*>(dv),
+                    static_cast<void*>(dp), static_cast<void*>(scratch), static_cast<void*>(out)})
+      cudaFree(p);
+  }
+  for (bool fused : {true, false}) {
+    std::vector<RowSeq> rows(static_cast<size_t>(S));
+    std::vector<void*> bufs;
+    for (int64_t i = 0; i < S; ++i) {
+      rows[static_cast<size_t>(i)].kv = dev(caches[static_cast<size_t>(i)]);
+      rows[static_cast<size_t>(i)].pos = pos[static_cast<size_t>(i)];
+      bufs.push_back(rows[static_cast<size_t>(i)].kv);
+    }
+    RowSeq* drows = dev(rows);
+    float *dq = dev(q), *dk = dev(k), *dv = dev(v);
+    const size_t sfl = attention_scratch_floats(n_ctx, S, H, D, true);
+    float* scratch = sfl ? dev_poison<float>(sfl) : nullptr;
+    float* out = dev_poison<float>(static_cast<size_t>(S) * hd);
+    KvView b = kv;
+    b.data = nullptr;  // every row names its cache
+    if (fused) {
+      CK(attention_decode(b, 1, dq, dk, dv, S, H, dc, ds, nullptr, drows, scratch, out, nullptr));
+    } else {
+      CK(rope_kv_store_rows(dq, dk, dv, S, H, b, 1, dc, ds, nullptr, nullptr, drows));
+      CK(attention_rows(b, 1, dq, S, H, nullptr, scratch, out, nullptr, drows));
+    }
+    const std::string w = what + (fused ? " (attention_decode)" : " (rope_kv_store_rows + attention_rows)");
+    expect(host(out, static_cast<size_t>(S) * hd) == want, w + ": output differs from the rows run alone");
+    bool same_cache = true;
+    for (int64_t i = 0; i < S; ++i)
+      same_cache = same_cache && host(static_cast<uint8_t*>(bufs[static_cast<size_t>(i)]), bytes) ==
+                                     want_cache[static_cast<size_t>(i)];
+    expect(same_cache, w + ": a cache differs");
+    for (void* p : bufs) cudaFree(p);
+    for (void* p : {static_cast<void*>(drows), static_cast<void*>(dq), static_cast<void*>(dk), static_cast<void*>(dv),
+                    static_cast<void*>(scratch), static_cast<void*>(out)})
+      cudaFree(p);
+  }
+  cudaFree(dc);
+  cudaFree(ds);
+}
+
 }  // namespace
 
 int main() {
@@ -603,12 +787,24 @@ int main() {
   check_int8_head(4096, 512, 1);
   check_int8_head(1000, 2560, 10);
   check_int8_head(77, 100, 3);
+  check_int8_head(4099, 2560, 64);  // n > 8: the tensor-core path, same bits
+  check_int8_head(77, 100, 65);
+  check_int8_head(1000, 2560, 130);
   check_small_ops();
   for (int64_t dim : {64, 512, 1280, 2560, 6912, 8192}) check_fused(5, dim);
   check_gemv_multi();
   for (bool f16 : {false, true}) {
     check_rope_kv(20, 5, 128, 9, f16);
     check_rope_kv(4, 2, 16, 3, f16);
+  }
+  for (bool f16 : {false, true}) {
+    // 2B-4T (20/5 x 128) and the default model (8/2 x 64): one split, a few, all 32, last position.
+    for (int64_t pos : {0, 5, 31, 32, 100, 1000, 2047, 4095}) check_attention_decode(20, 5, 128, 4096, pos, f16);
+    for (int64_t pos : {0, 63, 64, 200, 511}) check_attention_decode(8, 2, 64, 512, pos, f16);
+    check_attention_decode(8, 2, 64, 64, 40, f16);
+    check_attention_multi(20, 5, 128, 1024, 7, f16);
+    check_attention_multi(8, 2, 64, 512, 33, f16);
+    check_attention_multi(8, 2, 64, 64, 3, f16);
   }
   if (failures != 0) {
     std::printf("ops_check: %d FAILED\n", failures);

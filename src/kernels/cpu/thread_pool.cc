@@ -65,6 +65,9 @@ void ThreadPool::work_on_job(uint32_t job) {
     const int64_t n = n_.load(std::memory_order_relaxed);
     const Call call = call_.load(std::memory_order_relaxed);
     void* ctx = ctx_.load(std::memory_order_relaxed);
+    // Pairs with the release fence in run(): if any value just read belongs to a newer job, run()
+    // closed claim_ before writing it, so the CAS below sees that and fails.
+    std::atomic_thread_fence(std::memory_order_acquire);
     if (c >= num_chunks) return;
     if (!claim_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel)) continue;
     const int64_t b = c * chunk;
@@ -114,14 +117,21 @@ void ThreadPool::run(int64_t n, int64_t grain, Call call, void* ctx) {
   // counter is not contended and each thread streams long contiguous ranges.
   const int64_t per_chunk = std::max<int64_t>(1, units / (int64_t{num_threads()} * 4));
   const int64_t chunk = per_chunk * grain;
-  const int64_t num_chunks = (n + chunk - 1) / chunk;
+  const int64_t num_chunks = (n + chunk - 1) / chunk;  // <= 4 * num_threads() + 1, far below kClosed
+  const uint32_t job = static_cast<uint32_t>(claim_.load(std::memory_order_relaxed) >> 32) + 1;
+  // Close the claim counter before rewriting the job's fields. A worker may have read the previous
+  // job's final state (job - 1, all chunks claimed) and then read some of the fields below: without
+  // this its CAS on that state would still succeed, with the new num_chunks letting it claim a
+  // chunk that does not exist. It then ran a range of the new job's function twice and counted a
+  // chunk too many, so a later run() waited forever (seen in the server under load).
+  claim_.store((uint64_t{job} << 32) | kClosed, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
   call_.store(call, std::memory_order_relaxed);
   ctx_.store(ctx, std::memory_order_relaxed);
   n_.store(n, std::memory_order_relaxed);
   chunk_.store(chunk, std::memory_order_relaxed);
   num_chunks_.store(num_chunks, std::memory_order_relaxed);
   done_chunks_.store(0, std::memory_order_relaxed);
-  const uint32_t job = static_cast<uint32_t>(claim_.load(std::memory_order_relaxed) >> 32) + 1;
   claim_.store(uint64_t{job} << 32, std::memory_order_release);
   generation_.fetch_add(1);  // seq_cst
   if (sleeping_.load() > 0) {

@@ -59,6 +59,8 @@ class ThreadPool {
   std::atomic<int64_t> n_{0}, chunk_{0}, num_chunks_{0};
   // (job id << 32) | next unclaimed chunk. A chunk is claimed by CAS, which fails once the job id
   // changed, so the caller only waits for chunks actually claimed, never for sleeping workers.
+  // While run() rewrites the fields above the chunk part is kClosed (nothing can be claimed).
+  static constexpr uint64_t kClosed = 0xffffffffu;
   alignas(64) std::atomic<uint64_t> claim_{0};
   alignas(64) std::atomic<int64_t> done_chunks_{0};
   alignas(64) std::atomic<uint64_t> generation_{0};  // bumped per job (and at shutdown) to wake workers

@@ -55,10 +55,59 @@ int blocks_for(int64_t count, int threads) {
   return static_cast<int>(b < 1 ? 1 : (b > 65535 * 8 ? 65535 * 8 : b));
 }
 
+// ---- programmatic dependent launch (sm_90) ----
+// With PDL (set_pdl(true)) every kernel here is launched with programmatic stream serialization:
+// it may start while the previous kernel of the stream is still running. Each kernel therefore
+// (1) signals its own dependents at entry (pdl_trigger), (2) reads only constant data (weights)
+// before pdl_wait, and (3) calls pdl_wait in every thread before it touches anything an earlier
+// kernel writes or reads, and before its first global store. pdl_wait returns once the previous
+// grid has completed and its memory is visible; since every grid waits for its predecessor before
+// it can complete, the chain is transitive. Without the launch attribute (or below sm_90) both are
+// no-ops.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+bool g_pdl = false;
+
+#define TRY_LAUNCH(...)                                  \
+  do {                                                   \
+    const cudaError_t launch_error = launch(__VA_ARGS__); \
+    if (launch_error != cudaSuccess) return launch_error; \
+  } while (0)
+
+template <typename... KArgs, typename... Args>
+cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t lc = {};
+  lc.gridDim = grid;
+  lc.blockDim = block;
+  lc.dynamicSmemBytes = 0;
+  lc.stream = stream;
+  cudaLaunchAttribute attr[1];
+  if (g_pdl) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = attr;
+    lc.numAttrs = 1;
+  }
+  const cudaError_t e = cudaLaunchKernelEx(&lc, kernel, static_cast<KArgs>(args)...);
+  if (e != cudaSuccess) return e;
+  return cudaGetLastError();
+}
+
 // ---- embedding ----
 template <typename T>
 __global__ void embed_kernel(const T* __restrict__ table, int64_t cols, const int32_t* __restrict__ tokens,
                              float* __restrict__ x) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t row = tokens[blockIdx.x];
   const T* src = table + row * cols;
   float* dst = x + static_cast<int64_t>(blockIdx.x) * cols;
@@ -75,6 +124,8 @@ __device__ __forceinline__ float rms_factor(const float* x, int dim, float eps, 
 
 __global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, int dim, float eps,
                                float* __restrict__ y) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float red[32];
   const float* xr = x + static_cast<int64_t>(blockIdx.x) * dim;
   float* yr = y + static_cast<int64_t>(blockIdx.x) * dim;
@@ -85,6 +136,8 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restr
 __global__ void rmsnorm_quantize_kernel(const float* __restrict__ x, const float* __restrict__ w, int dim,
                                         float eps, int8_t* __restrict__ codes, int64_t stride,
                                         float* __restrict__ scales, int32_t* __restrict__ sums) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float red[32];
   __shared__ int ired[32];
   const float* xr = x + static_cast<int64_t>(blockIdx.x) * dim;
@@ -120,9 +173,18 @@ __global__ void __launch_bounds__(1024)
     fused_norm_quant_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ w, int dim,
                             float eps, int8_t* __restrict__ codes, int64_t stride, float* __restrict__ scales,
                             int32_t* __restrict__ sums) {
+  pdl_trigger();
   __shared__ float red[32];
   __shared__ int ired[32];
   const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
+  // The norm weights are constants: loaded before waiting for the kernel that wrote x / y.
+  float wv[kFusedPer];
+#pragma unroll
+  for (int i = 0; i < kFusedPer; ++i) {
+    const int c = threadIdx.x + i * blockDim.x;
+    wv[i] = (w != nullptr && c < dim) ? __ldg(w + c) : 0.0f;
+  }
+  pdl_wait();
   float v[kFusedPer];
   float ss = 0.0f;
 #pragma unroll
@@ -152,7 +214,7 @@ __global__ void __launch_bounds__(1024)
   for (int i = 0; i < kFusedPer; ++i) {
     const int c = threadIdx.x + i * blockDim.x;
     if (c < dim) {
-      if (w != nullptr) v[i] = v[i] * r * w[c];
+      if (w != nullptr) v[i] = v[i] * r * wv[i];
       m = fmaxf(m, fabsf(v[i]));
     }
   }
@@ -186,11 +248,17 @@ int fused_threads(int64_t dim) {
 
 // ---- W2A8 GEMM on int8 tensor cores ----
 // mma.m16n8k32: A = 16 weight rows x 32 columns as unsigned codes (w + 1), B = 32 columns x 8
-// tokens of signed activations, C = int32. A warp owns 16 rows (two 8-row groups of the layout)
-// and kGemmTokens tokens; per 64-column chunk a lane loads its row's 16 bytes of each group once.
+// tokens of signed activations, C = int32. A block is 4 warps x 16 rows (two 8-row groups of the
+// layout each) x kGemmTokens tokens. Per 64-column chunk the block copies, with cp.async and
+// kGemmStages chunks ahead, the tokens' 64 activation bytes (shared by the 4 warps) and each warp's
+// two 128-byte weight tiles into shared memory; the warps then read their fragments from there.
 constexpr int kGemmWarps = 4;
 constexpr int kGemmNTiles = 8;  // 8 tokens each
 constexpr int kGemmTokens = 8 * kGemmNTiles;
+constexpr int kGemmStages = 4;
+// Bytes per token row of a staged chunk: 64 + 16 of padding, so that the 4-byte B-fragment reads
+// of a warp (tokens g = 0..7, offsets 4t) fall in 32 different banks.
+constexpr int kGemmBStride = 80;
 
 __device__ __forceinline__ void mma_u8s8(int (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, int b0,
                                          int b1) {
@@ -202,32 +270,73 @@ __device__ __forceinline__ void mma_u8s8(int (&c)[4], unsigned a0, unsigned a1, 
 #endif
 }
 
+// 16 bytes global -> shared, asynchronous; src_bytes = 0 writes zeros (src must still be valid).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(src_bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+#endif
+}
+
 __global__ void __launch_bounds__(32 * kGemmWarps)
     gemm_kernel(const uint4* __restrict__ w, const float* __restrict__ row_scale, int rows, int n_groups, int K,
                 const int8_t* __restrict__ q, int64_t stride, const float* __restrict__ scales,
                 const int32_t* __restrict__ sums, int n, float* __restrict__ y) {
+  pdl_trigger();
+  pdl_wait();
+  __shared__ __align__(16) int8_t sb[kGemmStages][kGemmTokens * kGemmBStride];
+  __shared__ __align__(16) uint4 sa[kGemmStages][kGemmWarps][2][8];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int ga = (blockIdx.x * kGemmWarps + warp) * 2;
-  if (ga >= n_groups) return;
-  const int gb = ga + 1 < n_groups ? ga + 1 : ga;  // a missing second group re-reads the first (not stored)
+  // A warp past the last group still stages activations and meets the barriers; it stores nothing.
+  const bool active = ga < n_groups;
+  const int ga_c = active ? ga : n_groups - 1;
+  const int gb = ga_c + 1 < n_groups ? ga_c + 1 : ga_c;  // a missing second group re-reads the first (not stored)
   const int tok0 = blockIdx.y * kGemmTokens;
-  const uint4* wa = w + static_cast<size_t>(ga) * K * 8 + g;
-  const uint4* wb = w + static_cast<size_t>(gb) * K * 8 + g;
+  const uint4* wa = w + static_cast<size_t>(ga_c) * K * 8;
+  const uint4* wb = w + static_cast<size_t>(gb) * K * 8;
+  // Chunk k into buffer `buf`: 64 tokens x 64 bytes (2 x 16 bytes per thread; tokens past n are
+  // zeros) and this warp's two tiles (lanes 0..15). Always one commit group, even when empty.
+  auto stage = [&](int k, int buf) {
+    if (k < K) {
+#pragma unroll
+      for (int e = threadIdx.x; e < kGemmTokens * 4; e += 32 * kGemmWarps) {
+        const int r = e >> 2, c = e & 3, tok = tok0 + r;
+        const int8_t* src =
+            q + static_cast<int64_t>(tok < n ? tok : 0) * stride + static_cast<int64_t>(k) * 64 + c * 16;
+        cp_async16(&sb[buf][r * kGemmBStride + c * 16], src, tok < n ? 16 : 0);
+      }
+      if (lane < 16)
+        cp_async16(&sa[buf][warp][lane >> 3][lane & 7], (lane < 8 ? wa : wb) + static_cast<size_t>(k) * 8 + (lane & 7),
+                   16);
+    }
+    cp_async_commit();
+  };
   int acc[kGemmNTiles][4];
 #pragma unroll
   for (int j = 0; j < kGemmNTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
-  // Activation row pointers of this lane's tokens (column 4t); rows past n read row 0 (not stored).
-  const int8_t* qrow[kGemmNTiles];
 #pragma unroll
-  for (int j = 0; j < kGemmNTiles; ++j) {
-    const int tok = tok0 + 8 * j + g;
-    qrow[j] = q + static_cast<int64_t>(tok < n ? tok : 0) * stride + 4 * t;
-  }
+  for (int st = 0; st < kGemmStages - 1; ++st) stage(st, st);
   const unsigned shift = 2u * static_cast<unsigned>(t);
   for (int k = 0; k < K; ++k) {
-    const uint4 va = __ldg(wa + static_cast<size_t>(k) * 8);
-    const uint4 vb = __ldg(wb + static_cast<size_t>(k) * 8);
+    cp_async_wait<kGemmStages - 2>();  // chunk k has landed (this thread's copies) ...
+    __syncthreads();                   // ... and every thread's; buffer (k - 1) % S is free again
+    stage(k + kGemmStages - 1, (k + kGemmStages - 1) % kGemmStages);
+    if (!active) continue;
+    const int buf = k % kGemmStages;
+    const uint4 va = sa[buf][warp][0][g], vb = sa[buf][warp][1][g];
 #pragma unroll
     for (int ks = 0; ks < 2; ++ks) {
       const unsigned wa0 = ks == 0 ? va.x : va.z, wa1 = ks == 0 ? va.y : va.w;
@@ -236,15 +345,17 @@ __global__ void __launch_bounds__(32 * kGemmWarps)
       const unsigned a1 = (wb0 >> shift) & 0x03030303u;  // row g+8
       const unsigned a2 = (wa1 >> shift) & 0x03030303u;  // row g,   columns 16+4t..
       const unsigned a3 = (wb1 >> shift) & 0x03030303u;  // row g+8
-      const int col = k * 64 + ks * 32;
 #pragma unroll
       for (int j = 0; j < kGemmNTiles; ++j) {
-        const int b0 = __ldg(reinterpret_cast<const int*>(qrow[j] + col));
-        const int b1 = __ldg(reinterpret_cast<const int*>(qrow[j] + col + 16));
+        const int8_t* br = &sb[buf][(8 * j + g) * kGemmBStride + ks * 32 + 4 * t];
+        const int b0 = *reinterpret_cast<const int*>(br);
+        const int b1 = *reinterpret_cast<const int*>(br + 16);
         mma_u8s8(acc[j], a0, a1, a2, a3, b0, b1);
       }
     }
   }
+  cp_async_wait<0>();
+  if (!active) return;
   const int r0 = ga * 8 + g, r1 = gb * 8 + g;
   const bool ok0 = r0 < rows, ok1 = gb != ga && r1 < rows;
   const float rs0 = ok0 ? row_scale[r0] : 0.0f, rs1 = ok1 ? row_scale[r1] : 0.0f;
@@ -263,17 +374,37 @@ __global__ void __launch_bounds__(32 * kGemmWarps)
 }
 
 // ---- RoPE, KV store ----
+// Split-half rotation of the pair (a, b) = (x[j], x[j + half]): (a c - b s, b c + a s), each
+// product and sum rounded separately (no FMA contraction), so every kernel that rotates (the RoPE
+// kernels and the fused decode attention) gets the same bits.
+__device__ __forceinline__ float rope_lo(float a, float b, float c, float s) {
+  return __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+}
+__device__ __forceinline__ float rope_hi(float a, float b, float c, float s) {
+  return __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+}
 __global__ void rope_kernel(float* __restrict__ x, int n_heads, int head_dim, const float* __restrict__ cos_t,
                             const float* __restrict__ sin_t, const int32_t* __restrict__ pos0) {
+  pdl_trigger();
+  pdl_wait();
   const int i = blockIdx.x, h = blockIdx.y, half = head_dim / 2;
   const int64_t pos = static_cast<int64_t>(*pos0) + i;
   float* v = x + (static_cast<int64_t>(i) * n_heads + h) * head_dim;
   for (int j = threadIdx.x; j < half; j += blockDim.x) {
     const float c = cos_t[pos * half + j], s = sin_t[pos * half + j];
     const float a = v[j], b = v[j + half];
-    v[j] = a * c - b * s;
-    v[j + half] = b * c + a * s;
+    v[j] = rope_lo(a, b, c, s);
+    v[j + half] = rope_hi(a, b, c, s);
   }
+}
+
+// Row i's position: its RowSeq's in a multi-sequence pass, else *pos0 + i (one sequence).
+// A row of a sequence with several rows in the pass takes one split, as it would alone.
+__device__ __forceinline__ int row_splits(const RowSeq* rows, int i, int splits) {
+  return rows != nullptr && rows[i].one_split != 0 ? 1 : splits;
+}
+__device__ __forceinline__ int row_pos(const RowSeq* rows, const int32_t* pos0, int i) {
+  return rows != nullptr ? rows[i].pos : *pos0 + i;
 }
 
 __device__ __forceinline__ size_t kv_off(const KvView& kv, int which, int64_t layer, int64_t head, int64_t pos) {
@@ -282,6 +413,8 @@ __device__ __forceinline__ size_t kv_off(const KvView& kv, int which, int64_t la
 
 __global__ void kv_store_kernel(KvView kv, int64_t layer, const float* __restrict__ k, const float* __restrict__ v,
                                 const int32_t* __restrict__ pos0) {
+  pdl_trigger();
+  pdl_wait();
   const int i = blockIdx.x, which = blockIdx.y / static_cast<int>(kv.n_kv_heads);
   const int h = blockIdx.y % static_cast<int>(kv.n_kv_heads);
   const float* src = (which == 0 ? k : v) + (static_cast<int64_t>(i) * kv.n_kv_heads + h) * kv.head_dim;
@@ -297,17 +430,21 @@ __global__ void kv_store_kernel(KvView kv, int64_t layer, const float* __restric
 // Blocks (row i, y): y < n_heads rotates q head y; else kv head y - n_heads: rotates k and stores k, v.
 __global__ void rope_kv_kernel(float* __restrict__ q, float* __restrict__ k, const float* __restrict__ v, int n_heads,
                                KvView kv, int64_t layer, const float* __restrict__ cos_t,
-                               const float* __restrict__ sin_t, const int32_t* __restrict__ pos0) {
+                               const float* __restrict__ sin_t, const int32_t* __restrict__ pos0,
+                               const RowSeq* __restrict__ rows) {
+  pdl_trigger();
+  pdl_wait();
   const int i = blockIdx.x, y = blockIdx.y, D = static_cast<int>(kv.head_dim), half = D / 2;
-  const int64_t pos = static_cast<int64_t>(*pos0) + i;
+  const int64_t pos = row_pos(rows, pos0, i);
+  if (rows != nullptr) kv.data = rows[i].kv;
   const int hkv = static_cast<int>(kv.n_kv_heads);
   float* row = y < n_heads ? q + (static_cast<int64_t>(i) * n_heads + y) * D
                            : k + (static_cast<int64_t>(i) * hkv + (y - n_heads)) * D;
   for (int j = threadIdx.x; j < half; j += blockDim.x) {
     const float c = cos_t[pos * half + j], s = sin_t[pos * half + j];
     const float a = row[j], b = row[j + half];
-    row[j] = a * c - b * s;
-    row[j + half] = b * c + a * s;
+    row[j] = rope_lo(a, b, c, s);
+    row[j + half] = rope_hi(a, b, c, s);
   }
   if (y < n_heads) return;
   __syncthreads();  // the rotated k row, written by other threads of this block
@@ -331,6 +468,13 @@ __global__ void rope_kv_kernel(float* __restrict__ q, float* __restrict__ k, con
 // running max / sum per head, and then thread t accumulates outputs t, t+128, ... of the G x D
 // (head, dim) outputs over the tile's keys (V rows read coalesced).
 constexpr int kAttnThreads = 128;
+// Keys per split at least kMinSplitKeys: a short context uses fewer splits (the split count is
+// fixed when a decode step is recorded, from the cache size; the active ones follow the position).
+constexpr int kMinSplitKeys = 32;
+__device__ __forceinline__ int split_chunk(int n_keys, int splits) {
+  const int c = (n_keys + splits - 1) / splits;
+  return c < kMinSplitKeys ? kMinSplitKeys : c;
+}
 constexpr int kAttnMaxG = 8;
 constexpr int kAttnMaxD = 256;
 constexpr int kAttnOut = kAttnMaxG * kAttnMaxD / kAttnThreads;  // outputs per thread, at most
@@ -346,7 +490,10 @@ __device__ __forceinline__ float kv_at(const void* base, size_t off) {
 template <bool kF16>
 __global__ void __launch_bounds__(kAttnThreads)
     attention_kernel(KvView kv, int64_t layer, const float* __restrict__ q, int n_heads, int splits,
-                     const int32_t* __restrict__ pos0, float* __restrict__ scratch, float* __restrict__ out) {
+                     const int32_t* __restrict__ pos0, const RowSeq* __restrict__ rows, float* __restrict__ scratch,
+                     float* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float qs[kAttnMaxG * kAttnMaxD];
   __shared__ float ps[kAttnMaxG][kAttnThreads];
   __shared__ float red[32];
@@ -354,9 +501,11 @@ __global__ void __launch_bounds__(kAttnThreads)
   const int hk = blockIdx.x, i = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
   const int D = static_cast<int>(kv.head_dim), G = n_heads / static_cast<int>(kv.n_kv_heads);
   const int h0 = hk * G;
-  const int n_keys = *pos0 + i + 1;
-  const int chunk = (n_keys + splits - 1) / splits;
+  const int n_keys = row_pos(rows, pos0, i) + 1;
+  const int chunk = split_chunk(n_keys, row_splits(rows, i, splits));
   const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk);
+  if (k0 >= n_keys) return;  // beyond the active splits (the merge skips them too)
+  if (rows != nullptr) kv.data = rows[i].kv;
   const float scale = 1.0f / sqrtf(static_cast<float>(D));
   for (int e = tid; e < G * D; e += kAttnThreads)
     qs[e] = q[(static_cast<int64_t>(i) * n_heads + h0) * D + e];
@@ -492,26 +641,71 @@ struct KvVec<4> {
   }
 };
 
+// Decode extras of the fast kernel (each row the only new row of its sequence): with `k` set, q is
+// rotated here (left as it is in memory) and the split that holds the new position rotates k and
+// stores k, v into the cache before reading it.
+struct DecodeFuse {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  const float* cos_t = nullptr;
+  const float* sin_t = nullptr;
+};
+
 template <int DPL>
 __global__ void __launch_bounds__(kAttnThreads)
     attention_fast_kernel(KvView kv, int64_t layer, const float* __restrict__ q, int n_heads, int splits,
-                          const int32_t* __restrict__ pos0, float* __restrict__ scratch, float* __restrict__ out) {
+                          const int32_t* __restrict__ pos0, const RowSeq* __restrict__ rows,
+                          float* __restrict__ scratch, float* __restrict__ out, DecodeFuse fuse) {
+  pdl_trigger();
+  pdl_wait();
   constexpr int D = 32 * DPL;
   constexpr int kWarps = kAttnThreads / 32;
   __shared__ __align__(16) float qs[kAttnMaxG * D];
   __shared__ float ps[kAttnMaxG][kAttnThreads];
-  __shared__ float red[kAttnMaxG][kWarps];
+  __shared__ float redm[kAttnMaxG][kWarps], reds[kAttnMaxG][kWarps];  // per-warp tile maxima, sums
   __shared__ float mrun[kAttnMaxG], lrun[kAttnMaxG], corr[kAttnMaxG];
   __shared__ float part[kWarps - 1][1024];
   const int hk = blockIdx.x, i = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5;
   const int G = n_heads / static_cast<int>(kv.n_kv_heads);
   const int h0 = hk * G;
-  const int n_keys = *pos0 + i + 1;
-  const int chunk = (n_keys + splits - 1) / splits;
+  const int n_keys = row_pos(rows, pos0, i) + 1;
+  const int chunk = split_chunk(n_keys, row_splits(rows, i, splits));
   const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk);
+  if (k0 >= n_keys) return;  // beyond the active splits (the merge skips them too)
+  if (rows != nullptr) kv.data = rows[i].kv;
   const float scale = 1.0f / sqrtf(static_cast<float>(D));
-  for (int e = tid; e < G * D; e += kAttnThreads) qs[e] = q[(static_cast<int64_t>(i) * n_heads + h0) * D + e];
+  if (fuse.k != nullptr) {
+    constexpr int half = D / 2;
+    const int pos = n_keys - 1;
+    const float* ct = fuse.cos_t + static_cast<int64_t>(pos) * half;
+    const float* st = fuse.sin_t + static_cast<int64_t>(pos) * half;
+    for (int e = tid; e < G * D; e += kAttnThreads) {
+      const float* qh = q + (static_cast<int64_t>(i) * n_heads + h0 + e / D) * D;
+      const int d = e % D, j = d < half ? d : d - half;
+      const float a = qh[j], b = qh[j + half];
+      qs[e] = d < half ? rope_lo(a, b, ct[j], st[j]) : rope_hi(a, b, ct[j], st[j]);
+    }
+    if (k0 <= pos && pos < k1) {  // the split holding the new key writes it (and v) first
+      const float* kh = fuse.k + (static_cast<int64_t>(i) * kv.n_kv_heads + hk) * D;
+      const float* vh = fuse.v + (static_cast<int64_t>(i) * kv.n_kv_heads + hk) * D;
+      const size_t ko = kv_off(kv, 0, layer, hk, pos), vo = kv_off(kv, 1, layer, hk, pos);
+      for (int d = tid; d < D; d += kAttnThreads) {
+        const int j = d < half ? d : d - half;
+        const float a = kh[j], b = kh[j + half];
+        const float kr = d < half ? rope_lo(a, b, ct[j], st[j]) : rope_hi(a, b, ct[j], st[j]);
+        if (kv.f16) {
+          static_cast<__half*>(kv.data)[ko + d] = __float2half_rn(kr);
+          static_cast<__half*>(kv.data)[vo + d] = __float2half_rn(vh[d]);
+        } else {
+          static_cast<float*>(kv.data)[ko + d] = kr;
+          static_cast<float*>(kv.data)[vo + d] = vh[d];
+        }
+      }
+    }
+  } else {
+    for (int e = tid; e < G * D; e += kAttnThreads) qs[e] = q[(static_cast<int64_t>(i) * n_heads + h0) * D + e];
+  }
   if (tid < G) {
     mrun[tid] = -INFINITY;
     lrun[tid] = 0.0f;
@@ -537,7 +731,8 @@ __global__ void __launch_bounds__(kAttnThreads)
           const uint4 u = *reinterpret_cast<const uint4*>(static_cast<const __half*>(kv.data) + off + d0);
           const float2 f0 = half2_bits_to_float2(u.x), f1 = half2_bits_to_float2(u.y);
           const float2 f2 = half2_bits_to_float2(u.z), f3 = half2_bits_to_float2(u.w);
-          kd[0] = f0.x, kd[1] = f0.y, kd[2] = f1.x, kd[3] = f1.y, kd[4] = f2.x, kd[5] = f2.y, kd[6] = f3.x, kd[7] = f3.y;
+          kd[0] = f0.x, kd[1] = f0.y, kd[2] = f1.x, kd[3] = f1.y, kd[4] = f2.x, kd[5] = f2.y, kd[6] = f3.x,
+          kd[7] = f3.y;
         } else {
           const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(kv.data) + off + d0);
           const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(kv.data) + off + d0 + 4);
@@ -567,36 +762,33 @@ __global__ void __launch_bounds__(kAttnThreads)
     for (int g = 0; g < kAttnMaxG; ++g) {
       sc[g] = key < k1 ? sc[g] * scale : -INFINITY;
       const float m = warp_max(sc[g]);
-      if (g < G && lane == 0) red[g][warp] = m;
+      if (g < G && lane == 0) redm[g][warp] = m;
     }
     __syncthreads();
-    float mnew[kAttnMaxG];
+    // The new running maximum of head g (every thread computes it the same way; thread g again
+    // below, from the same values, rather than indexing a register array with its thread id).
+    auto new_max = [&](int g) {
+      float m = mrun[g];
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, redm[g][w]);
+      return m;
+    };
 #pragma unroll
     for (int g = 0; g < kAttnMaxG; ++g) {
-      float m = -INFINITY;
-      if (g < G) {
-        m = mrun[g];
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) m = fmaxf(m, red[g][w]);
-      }
-      mnew[g] = m;
-    }
-    __syncthreads();  // red is reused below
-#pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g) {
-      const float p = (g < G && key < k1) ? expf(sc[g] - mnew[g]) : 0.0f;
+      const float p = (g < G && key < k1) ? expf(sc[g] - new_max(g)) : 0.0f;
       if (g < G) ps[g][tid] = p;
       const float su = warp_sum(p);
-      if (g < G && lane == 0) red[g][warp] = su;
+      if (g < G && lane == 0) reds[g][warp] = su;
     }
     __syncthreads();
     if (tid < G) {
       float su = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) su += red[tid][w];
-      corr[tid] = expf(mrun[tid] - mnew[tid]);  // 0 on the first tile (exp(-inf))
+      for (int w = 0; w < kWarps; ++w) su += reds[tid][w];
+      const float mn = new_max(tid);
+      corr[tid] = expf(mrun[tid] - mn);  // 0 on the first tile (exp(-inf))
       lrun[tid] = lrun[tid] * corr[tid] + su;
-      mrun[tid] = mnew[tid];
+      mrun[tid] = mn;
     }
     __syncthreads();
     const int nk = min(kAttnThreads, k1 - t0);
@@ -630,24 +822,25 @@ __global__ void __launch_bounds__(kAttnThreads)
         for (int d = 0; d < DPL; ++d) part[warp - 1][g * D + lane * DPL + d] = acc[g][d];
   }
   __syncthreads();
-  if (warp != 0) return;
+  if (warp == 0) {
 #pragma unroll
-  for (int g = 0; g < kAttnMaxG; ++g) {
-    if (g >= G) continue;
+    for (int g = 0; g < kAttnMaxG; ++g) {
+      if (g >= G) continue;
 #pragma unroll
-    for (int d = 0; d < DPL; ++d) {
-      const int e = g * D + lane * DPL + d;
-      float a = acc[g][d];
+      for (int d = 0; d < DPL; ++d) {
+        const int e = g * D + lane * DPL + d;
+        float a = acc[g][d];
 #pragma unroll
-      for (int w = 0; w < kWarps - 1; ++w) a += part[w][e];
-      if (splits == 1) {
-        out[(static_cast<int64_t>(i) * n_heads + h0) * D + e] = a / lrun[g];
-      } else {
-        float* p = scratch + ((static_cast<int64_t>(i) * n_heads + h0 + g) * splits + split) * (2 + D);
-        p[2 + lane * DPL + d] = a;
-        if (lane == 0 && d == 0) {
-          p[0] = mrun[g];
-          p[1] = lrun[g];
+        for (int w = 0; w < kWarps - 1; ++w) a += part[w][e];
+        if (splits == 1) {
+          out[(static_cast<int64_t>(i) * n_heads + h0) * D + e] = a / lrun[g];
+        } else {
+          float* p = scratch + ((static_cast<int64_t>(i) * n_heads + h0 + g) * splits + split) * (2 + D);
+          p[2 + lane * DPL + d] = a;
+          if (lane == 0 && d == 0) {
+            p[0] = mrun[g];
+            p[1] = lrun[g];
+          }
         }
       }
     }
@@ -656,17 +849,23 @@ __global__ void __launch_bounds__(kAttnThreads)
 
 // Merge of the splits: block = (row, head), threads over D.
 __global__ void attention_merge_kernel(const float* __restrict__ scratch, int n_heads, int D, int splits,
+                                       const int32_t* __restrict__ pos0, const RowSeq* __restrict__ rows,
                                        float* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   const int i = blockIdx.x, h = blockIdx.y;
+  const int n_keys = row_pos(rows, pos0, i) + 1;
+  const int chunk = split_chunk(n_keys, row_splits(rows, i, splits));
+  const int active = (n_keys + chunk - 1) / chunk;
   const int64_t rec = 2 + D;
   const float* base = scratch + (static_cast<int64_t>(i) * n_heads + h) * splits * rec;
   float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, base[s * rec]);
+  for (int s = 0; s < active; ++s) M = fmaxf(M, base[s * rec]);
   float l = 0.0f;
-  for (int s = 0; s < splits; ++s) l += base[s * rec + 1] * expf(base[s * rec] - M);
+  for (int s = 0; s < active; ++s) l += base[s * rec + 1] * expf(base[s * rec] - M);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float a = 0.0f;
-    for (int s = 0; s < splits; ++s) a += base[s * rec + 2 + d] * expf(base[s * rec] - M);
+    for (int s = 0; s < active; ++s) a += base[s * rec + 2 + d] * expf(base[s * rec] - M);
     out[(static_cast<int64_t>(i) * n_heads + h) * D + d] = a / l;
   }
 }
@@ -674,6 +873,8 @@ __global__ void attention_merge_kernel(const float* __restrict__ scratch, int n_
 // ---- elementwise ----
 __global__ void relu2_mul_kernel(const float* __restrict__ gate, const float* __restrict__ up, int64_t count,
                                  float* out) {
+  pdl_trigger();
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float g = fmaxf(gate[i], 0.0f);
@@ -682,6 +883,8 @@ __global__ void relu2_mul_kernel(const float* __restrict__ gate, const float* __
 }
 
 __global__ void add_kernel(float* x, const float* __restrict__ y, int64_t count) {
+  pdl_trigger();
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     x[i] += y[i];
@@ -691,6 +894,15 @@ __global__ void add_kernel(float* x, const float* __restrict__ y, int64_t count)
 // One warp per row (grid-stride over rows), up to kHeadTokens token rows per pass over the weights.
 constexpr int kHeadTokens = 8;
 constexpr int kHeadThreads = 256;
+constexpr int kHeadLoads = 8;
+
+__device__ __forceinline__ uint4 load_stream16(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
 
 template <typename T>
 struct Vec16 {
@@ -722,6 +934,8 @@ template <typename T, bool kVec>
 __global__ void __launch_bounds__(kHeadThreads)
     dense_gemv_kernel(const T* __restrict__ w, int64_t rows, int cols, const float* __restrict__ x, int nt,
                       float* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kHeadThreads / 32);
   for (int64_t r = blockIdx.x * static_cast<int64_t>(kHeadThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
@@ -733,20 +947,31 @@ __global__ void __launch_bounds__(kHeadThreads)
       constexpr int V = Vec16<T>::kN;
       const uint4* w4 = reinterpret_cast<const uint4*>(wr);
       const int nv = cols / V;
-      for (int c = lane; c < nv; c += 32) {
-        float f[V];
-        unpack16<T>(__ldg(w4 + c), f);
+      // kHeadLoads 16-byte weight loads in flight per lane before the first use (streamed, not
+      // kept in L1); the activations are re-read from L1.
+      for (int c0 = lane; c0 < nv; c0 += 32 * kHeadLoads) {
+        uint4 wv[kHeadLoads];
 #pragma unroll
-        for (int j = 0; j < kHeadTokens; ++j) {
-          if (j < nt) {
-            const float4* xv = reinterpret_cast<const float4*>(x + static_cast<int64_t>(j) * cols + c * V);
+        for (int u = 0; u < kHeadLoads; ++u)
+          if (c0 + 32 * u < nv) wv[u] = load_stream16(w4 + c0 + 32 * u);
 #pragma unroll
-            for (int u = 0; u < V / 4; ++u) {
-              const float4 xx = __ldg(xv + u);
-              acc[j] = fmaf(f[4 * u], xx.x, acc[j]);
-              acc[j] = fmaf(f[4 * u + 1], xx.y, acc[j]);
-              acc[j] = fmaf(f[4 * u + 2], xx.z, acc[j]);
-              acc[j] = fmaf(f[4 * u + 3], xx.w, acc[j]);
+        for (int u = 0; u < kHeadLoads; ++u) {
+          const int c = c0 + 32 * u;
+          if (c >= nv) break;
+          float f[V];
+          unpack16<T>(wv[u], f);
+#pragma unroll
+          for (int j = 0; j < kHeadTokens; ++j) {
+            if (j < nt) {
+              const float4* xv = reinterpret_cast<const float4*>(x + static_cast<int64_t>(j) * cols + c * V);
+#pragma unroll
+              for (int e = 0; e < V / 4; ++e) {
+                const float4 xx = __ldg(xv + e);
+                acc[j] = fmaf(f[4 * e], xx.x, acc[j]);
+                acc[j] = fmaf(f[4 * e + 1], xx.y, acc[j]);
+                acc[j] = fmaf(f[4 * e + 2], xx.z, acc[j]);
+                acc[j] = fmaf(f[4 * e + 3], xx.w, acc[j]);
+              }
             }
           }
         }
@@ -775,6 +1000,8 @@ __global__ void __launch_bounds__(kHeadThreads)
     int8_gemv_kernel(const int8_t* __restrict__ w, const float* __restrict__ d, int64_t rows, int64_t stride,
                      const int8_t* __restrict__ q, int64_t qstride, const float* __restrict__ scales, int nt,
                      float* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kHeadThreads / 32);
   const int nv = static_cast<int>(stride / 16);
@@ -783,16 +1010,26 @@ __global__ void __launch_bounds__(kHeadThreads)
     int acc[kHeadTokens];
 #pragma unroll
     for (int j = 0; j < kHeadTokens; ++j) acc[j] = 0;
-    for (int c = lane; c < nv; c += 32) {
-      const int4 wv = __ldg(w4 + c);
+    for (int c0 = lane; c0 < nv; c0 += 32 * kHeadLoads) {
+      uint4 wl[kHeadLoads];
 #pragma unroll
-      for (int j = 0; j < kHeadTokens; ++j) {
-        if (j < nt) {
-          const int4 xv = __ldg(reinterpret_cast<const int4*>(q + j * qstride) + c);
-          acc[j] = dp4a_ss(wv.x, xv.x, acc[j]);
-          acc[j] = dp4a_ss(wv.y, xv.y, acc[j]);
-          acc[j] = dp4a_ss(wv.z, xv.z, acc[j]);
-          acc[j] = dp4a_ss(wv.w, xv.w, acc[j]);
+      for (int u = 0; u < kHeadLoads; ++u)
+        if (c0 + 32 * u < nv) wl[u] = load_stream16(reinterpret_cast<const uint4*>(w4) + c0 + 32 * u);
+#pragma unroll
+      for (int u = 0; u < kHeadLoads; ++u) {
+        const int c = c0 + 32 * u;
+        if (c >= nv) break;
+        const int4 wv = make_int4(static_cast<int>(wl[u].x), static_cast<int>(wl[u].y), static_cast<int>(wl[u].z),
+                                  static_cast<int>(wl[u].w));
+#pragma unroll
+        for (int j = 0; j < kHeadTokens; ++j) {
+          if (j < nt) {
+            const int4 xv = __ldg(reinterpret_cast<const int4*>(q + j * qstride) + c);
+            acc[j] = dp4a_ss(wv.x, xv.x, acc[j]);
+            acc[j] = dp4a_ss(wv.y, xv.y, acc[j]);
+            acc[j] = dp4a_ss(wv.z, xv.z, acc[j]);
+            acc[j] = dp4a_ss(wv.w, xv.w, acc[j]);
+          }
         }
       }
     }
@@ -806,7 +1043,79 @@ __global__ void __launch_bounds__(kHeadThreads)
   }
 }
 
+// int8 LM head for many token rows on int8 tensor cores (mma.m16n8k32 s8 x s8): a warp owns 16
+// rows x 64 tokens. Per 64-column chunk lane (g, t) loads 16 bytes, columns [16t, 16t + 16), of
+// rows g and g + 8 and of its tokens' codes; words x, y feed one mma and z, w the next. That
+// permutes the k order inside the chunk identically for weights and activations, so the int32 sums
+// are exactly those of int8_gemv_kernel, and so are the logits.
+constexpr int kHeadMmaWarps = 4;
+constexpr int kHeadMmaTiles = 8;  // 8 tokens each
+
+__device__ __forceinline__ void mma_s8s8(int (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                         unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+__global__ void __launch_bounds__(32 * kHeadMmaWarps)
+    int8_head_mma_kernel(const int8_t* __restrict__ w, const float* __restrict__ d, int64_t rows, int64_t stride,
+                         const int8_t* __restrict__ q, int64_t qstride, const float* __restrict__ scales, int n,
+                         float* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kHeadMmaWarps + warp) * 16;
+  if (r0 >= rows) return;
+  const int64_t ra = r0 + g, rb = r0 + g + 8;
+  // Rows past the end read row r0 (their results are not stored).
+  const uint4* wa = reinterpret_cast<const uint4*>(w + (ra < rows ? ra : r0) * stride) + t;
+  const uint4* wb = reinterpret_cast<const uint4*>(w + (rb < rows ? rb : r0) * stride) + t;
+  const int tok0 = blockIdx.y * 8 * kHeadMmaTiles;
+  const uint4* xr[kHeadMmaTiles];
+#pragma unroll
+  for (int j = 0; j < kHeadMmaTiles; ++j) {
+    const int tok = tok0 + 8 * j + g;
+    xr[j] = reinterpret_cast<const uint4*>(q + static_cast<int64_t>(tok < n ? tok : 0) * qstride) + t;
+  }
+  int acc[kHeadMmaTiles][4];
+#pragma unroll
+  for (int j = 0; j < kHeadMmaTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
+  const int chunks = static_cast<int>(stride / 64);
+#pragma unroll 2
+  for (int k = 0; k < chunks; ++k) {
+    const uint4 va = load_stream16(wa + 4 * k), vb = load_stream16(wb + 4 * k);
+#pragma unroll
+    for (int j = 0; j < kHeadMmaTiles; ++j) {
+      const uint4 xb = __ldg(xr[j] + 4 * k);
+      mma_s8s8(acc[j], va.x, vb.x, va.y, vb.y, xb.x, xb.y);
+      mma_s8s8(acc[j], va.z, vb.z, va.w, vb.w, xb.z, xb.w);
+    }
+  }
+  const float da = ra < rows ? d[ra] : 0.0f, db = rb < rows ? d[rb] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < kHeadMmaTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int tok = tok0 + 8 * j + 2 * t + e;
+      if (tok >= n) continue;
+      const float s = scales[tok];
+      if (ra < rows) out[static_cast<int64_t>(tok) * rows + ra] = (static_cast<float>(acc[j][e]) / s) * da;
+      if (rb < rows) out[static_cast<int64_t>(tok) * rows + rb] = (static_cast<float>(acc[j][2 + e]) / s) * db;
+    }
+  }
+}
+
+// Block r: the argmax of row r of v ([rows][n]) into out[r].
 __global__ void argmax_kernel(const float* __restrict__ v, int64_t n, int32_t* out) {
+  pdl_trigger();
+  pdl_wait();
+  v += static_cast<int64_t>(blockIdx.x) * n;
+  out += blockIdx.x;
   __shared__ float sv[32];
   __shared__ int64_t si[32];
   float best = -INFINITY;
@@ -845,7 +1154,8 @@ __global__ void argmax_kernel(const float* __restrict__ v, int64_t n, int32_t* o
 int sm_count() {
   static int count = [] {
     int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
       return 132;
     return n;
   }();
@@ -860,15 +1170,23 @@ int norm_threads(int64_t dim) {
 
 }  // namespace
 
+void set_pdl(bool on) { g_pdl = on; }
+bool pdl_enabled() { return g_pdl; }
+
 cudaError_t embed_rows(const void* table, DenseType type, int64_t cols, const int32_t* tokens, int64_t n, float* x,
                        cudaStream_t stream) {
   if (n <= 0 || cols <= 0) return cudaErrorInvalidValue;
   const unsigned b = static_cast<unsigned>(n);
   switch (type) {
-    case DenseType::kF32: embed_kernel<<<b, 256, 0, stream>>>(static_cast<const float*>(table), cols, tokens, x); break;
-    case DenseType::kF16: embed_kernel<<<b, 256, 0, stream>>>(static_cast<const __half*>(table), cols, tokens, x); break;
+    case DenseType::kF32:
+      TRY_LAUNCH(embed_kernel<float>, dim3(b), dim3(256), stream, static_cast<const float*>(table), cols, tokens, x);
+      break;
+    case DenseType::kF16:
+      TRY_LAUNCH(embed_kernel<__half>, dim3(b), dim3(256), stream, static_cast<const __half*>(table), cols, tokens, x);
+      break;
     case DenseType::kBF16:
-      embed_kernel<<<b, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(table), cols, tokens, x);
+      TRY_LAUNCH(embed_kernel<__nv_bfloat16>, dim3(b), dim3(256), stream, static_cast<const __nv_bfloat16*>(table),
+                 cols, tokens, x);
       break;
   }
   return cudaGetLastError();
@@ -877,7 +1195,8 @@ cudaError_t embed_rows(const void* table, DenseType type, int64_t cols, const in
 cudaError_t rmsnorm_rows(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* y,
                          cudaStream_t stream) {
   if (n <= 0 || dim <= 0 || dim >= kMaxCols) return cudaErrorInvalidValue;
-  rmsnorm_kernel<<<static_cast<unsigned>(n), norm_threads(dim), 0, stream>>>(x, w, static_cast<int>(dim), eps, y);
+  TRY_LAUNCH(rmsnorm_kernel, dim3(static_cast<unsigned>(n)), dim3(norm_threads(dim)), stream, x, w,
+             static_cast<int>(dim), eps, y);
   return cudaGetLastError();
 }
 
@@ -885,40 +1204,40 @@ cudaError_t rmsnorm_quantize_rows(const float* x, const float* w, int64_t n, int
                                   cudaStream_t stream) {
   if (n <= 0 || dim <= 0 || dim >= kMaxCols || q.stride < cuda_act_len(dim)) return cudaErrorInvalidValue;
   if (dim <= kFusedMaxDim) {  // one read of the row, values in registers
-    fused_norm_quant_kernel<0><<<static_cast<unsigned>(n), fused_threads(dim), 0, stream>>>(
-        const_cast<float*>(x), nullptr, w, static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
+    TRY_LAUNCH(fused_norm_quant_kernel<0>, dim3(static_cast<unsigned>(n)), dim3(fused_threads(dim)), stream,
+               const_cast<float*>(x), nullptr, w, static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
     return cudaGetLastError();
   }
-  rmsnorm_quantize_kernel<<<static_cast<unsigned>(n), norm_threads(dim), 0, stream>>>(
-      x, w, static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
+  TRY_LAUNCH(rmsnorm_quantize_kernel, dim3(static_cast<unsigned>(n)), dim3(norm_threads(dim)), stream, x, w,
+             static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
   return cudaGetLastError();
 }
 
 cudaError_t add_rmsnorm_quantize_rows(float* x, const float* y, const float* w, int64_t n, int64_t dim, float eps,
                                       QuantActs q, cudaStream_t stream) {
   if (n <= 0 || dim <= 0 || dim > kFusedMaxDim || q.stride < cuda_act_len(dim)) return cudaErrorInvalidValue;
-  fused_norm_quant_kernel<1><<<static_cast<unsigned>(n), fused_threads(dim), 0, stream>>>(
-      x, y, w, static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
+  TRY_LAUNCH(fused_norm_quant_kernel<1>, dim3(static_cast<unsigned>(n)), dim3(fused_threads(dim)), stream, x, y, w,
+             static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
   return cudaGetLastError();
 }
 
 cudaError_t relu2_rmsnorm_quantize_rows(const float* gate, const float* up, const float* w, int64_t n, int64_t dim,
                                         float eps, QuantActs q, cudaStream_t stream) {
   if (n <= 0 || dim <= 0 || dim > kFusedMaxDim || q.stride < cuda_act_len(dim)) return cudaErrorInvalidValue;
-  fused_norm_quant_kernel<2><<<static_cast<unsigned>(n), fused_threads(dim), 0, stream>>>(
-      const_cast<float*>(gate), up, w, static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
+  TRY_LAUNCH(fused_norm_quant_kernel<2>, dim3(static_cast<unsigned>(n)), dim3(fused_threads(dim)), stream,
+             const_cast<float*>(gate), up, w, static_cast<int>(dim), eps, q.codes, q.stride, q.scales, q.sums);
   return cudaGetLastError();
 }
 
-cudaError_t rope_kv_store_rows(float* q, float* k, const float* v, int64_t n, int64_t n_heads, KvView kv,
-                               int64_t layer, const float* cos_t, const float* sin_t, const int32_t* pos0,
-                               cudaStream_t stream) {
+cudaError_t rope_kv_store_rows(float* q, float* k, const float* v, int64_t n, int64_t n_heads, KvView kv, int64_t layer,
+                               const float* cos_t, const float* sin_t, const int32_t* pos0, cudaStream_t stream,
+                               const RowSeq* rows) {
   if (n <= 0 || n_heads <= 0 || kv.head_dim <= 0 || kv.head_dim % 2 != 0 || layer < 0 || layer >= kv.n_layers)
     return cudaErrorInvalidValue;
   const int threads = kv.head_dim < 64 ? 32 : (kv.head_dim > 512 ? 256 : static_cast<int>(kv.head_dim / 2));
-  rope_kv_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads + kv.n_kv_heads)), threads, 0,
-                   stream>>>(q, k, v, static_cast<int>(n_heads), kv, layer, cos_t, sin_t, pos0);
-  return cudaGetLastError();
+  TRY_LAUNCH(rope_kv_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads + kv.n_kv_heads)),
+             dim3(threads), stream, q, k, v, static_cast<int>(n_heads), kv, layer, cos_t, sin_t, pos0, rows);
+  return cudaSuccess;
 }
 
 cudaError_t ternary_gemm(const uint8_t* w, const float* row_scale, int64_t rows, int64_t cols, QuantActs q,
@@ -929,10 +1248,9 @@ cudaError_t ternary_gemm(const uint8_t* w, const float* row_scale, int64_t rows,
   const int groups = static_cast<int>(cuda_padded_rows(rows) / kRowsPerGroup);
   const dim3 grid(static_cast<unsigned>((groups + 2 * kGemmWarps - 1) / (2 * kGemmWarps)),
                   static_cast<unsigned>((n + kGemmTokens - 1) / kGemmTokens));
-  gemm_kernel<<<grid, 32 * kGemmWarps, 0, stream>>>(reinterpret_cast<const uint4*>(w), row_scale,
-                                                    static_cast<int>(rows), groups,
-                                                    static_cast<int>(cuda_chunks(cols)), q.codes, q.stride, q.scales,
-                                                    q.sums, static_cast<int>(n), y);
+  TRY_LAUNCH(gemm_kernel, grid, dim3(32 * kGemmWarps), stream, reinterpret_cast<const uint4*>(w), row_scale,
+             static_cast<int>(rows), groups, static_cast<int>(cuda_chunks(cols)), q.codes, q.stride, q.scales, q.sums,
+             static_cast<int>(n), y);
   return cudaGetLastError();
 }
 
@@ -940,8 +1258,8 @@ cudaError_t rope_rows(float* x, int64_t n, int64_t n_heads, int64_t head_dim, co
                       const int32_t* pos0, cudaStream_t stream) {
   if (n <= 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0) return cudaErrorInvalidValue;
   const int threads = head_dim / 2 < 32 ? 32 : (head_dim / 2 > 256 ? 256 : static_cast<int>(head_dim / 2));
-  rope_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads)), threads, 0, stream>>>(
-      x, static_cast<int>(n_heads), static_cast<int>(head_dim), cos_t, sin_t, pos0);
+  TRY_LAUNCH(rope_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads)), dim3(threads), stream, x,
+             static_cast<int>(n_heads), static_cast<int>(head_dim), cos_t, sin_t, pos0);
   return cudaGetLastError();
 }
 
@@ -949,60 +1267,105 @@ cudaError_t kv_store_rows(KvView kv, int64_t layer, const float* k, const float*
                           cudaStream_t stream) {
   if (n <= 0 || layer < 0 || layer >= kv.n_layers) return cudaErrorInvalidValue;
   const int threads = kv.head_dim < 32 ? 32 : (kv.head_dim > 256 ? 256 : static_cast<int>(kv.head_dim));
-  kv_store_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(2 * kv.n_kv_heads)), threads, 0, stream>>>(
-      kv, layer, k, v, pos0);
+  TRY_LAUNCH(kv_store_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(2 * kv.n_kv_heads)), dim3(threads),
+             stream, kv, layer, k, v, pos0);
   return cudaGetLastError();
 }
 
-int64_t attention_splits(int64_t n_ctx, int64_t n_rows) {
-  if (n_rows > 1) return 1;
+int64_t attention_splits(int64_t n_ctx, int64_t n_rows, bool independent_rows) {
+  if (n_rows > 1 && !independent_rows) return 1;
   const int64_t s = (n_ctx + 63) / 64;
   return s < 1 ? 1 : (s > 32 ? 32 : s);
 }
 
-size_t attention_scratch_floats(int64_t n_ctx, int64_t n_rows, int64_t n_heads, int64_t head_dim) {
-  const int64_t s = attention_splits(n_ctx, n_rows);
+size_t attention_scratch_floats(int64_t n_ctx, int64_t n_rows, int64_t n_heads, int64_t head_dim,
+                                bool independent_rows) {
+  const int64_t s = attention_splits(n_ctx, n_rows, independent_rows);
   return s == 1 ? 0 : static_cast<size_t>(n_rows * n_heads * s * (2 + head_dim));
 }
 
+namespace {
+
+bool attention_shape_ok(const KvView& kv, int64_t n_heads, int64_t layer) {
+  return kv.n_kv_heads > 0 && n_heads > 0 && n_heads % kv.n_kv_heads == 0 && n_heads / kv.n_kv_heads <= kAttnMaxG &&
+         kv.head_dim > 0 && kv.head_dim <= kAttnMaxD && layer >= 0 && layer < kv.n_layers;
+}
+
+bool attention_fast_shape(const KvView& kv, int64_t n_heads) {
+  return (kv.head_dim == 64 || kv.head_dim == 128) && (n_heads / kv.n_kv_heads) * kv.head_dim <= 1024;
+}
+
+cudaError_t launch_attention_fast(const KvView& kv, int64_t layer, const float* q, int64_t n, int64_t n_heads,
+                                  int64_t splits, const int32_t* pos0, const RowSeq* rows, float* scratch,
+                                  float* out, const DecodeFuse& fuse, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(kv.n_kv_heads), static_cast<unsigned>(n), static_cast<unsigned>(splits));
+  if (kv.head_dim == 64)
+    TRY_LAUNCH(attention_fast_kernel<2>, grid, dim3(kAttnThreads), stream, kv, layer, q, static_cast<int>(n_heads),
+               static_cast<int>(splits), pos0, rows, scratch, out, fuse);
+  else
+    TRY_LAUNCH(attention_fast_kernel<4>, grid, dim3(kAttnThreads), stream, kv, layer, q, static_cast<int>(n_heads),
+               static_cast<int>(splits), pos0, rows, scratch, out, fuse);
+  return cudaSuccess;
+}
+
+cudaError_t launch_attention_merge(const KvView& kv, int64_t n, int64_t n_heads, int64_t splits, const int32_t* pos0,
+                                   const RowSeq* rows, float* scratch, float* out, cudaStream_t stream) {
+  TRY_LAUNCH(attention_merge_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads)), dim3(128), stream,
+             scratch, static_cast<int>(n_heads), static_cast<int>(kv.head_dim), static_cast<int>(splits), pos0, rows,
+             out);
+  return cudaSuccess;
+}
+
+}  // namespace
+
 cudaError_t attention_rows(KvView kv, int64_t layer, const float* q, int64_t n, int64_t n_heads, const int32_t* pos0,
-                           float* scratch, float* out, cudaStream_t stream) {
-  if (n <= 0 || kv.n_kv_heads <= 0 || n_heads % kv.n_kv_heads != 0 || n_heads / kv.n_kv_heads > kAttnMaxG ||
-      kv.head_dim <= 0 || kv.head_dim > kAttnMaxD || layer < 0 || layer >= kv.n_layers)
-    return cudaErrorInvalidValue;
-  const int64_t splits = attention_splits(kv.n_ctx, n);
+                           float* scratch, float* out, cudaStream_t stream, const RowSeq* rows) {
+  if (n <= 0 || !attention_shape_ok(kv, n_heads, layer)) return cudaErrorInvalidValue;
+  const int64_t splits = attention_splits(kv.n_ctx, n, rows != nullptr);
   if (splits > 1 && scratch == nullptr) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(kv.n_kv_heads), static_cast<unsigned>(n), static_cast<unsigned>(splits));
-  const int64_t G = n_heads / kv.n_kv_heads;
-  if ((kv.head_dim == 64 || kv.head_dim == 128) && G * kv.head_dim <= 1024) {
-    if (kv.head_dim == 64)
-      attention_fast_kernel<2><<<grid, kAttnThreads, 0, stream>>>(kv, layer, q, static_cast<int>(n_heads),
-                                                                  static_cast<int>(splits), pos0, scratch, out);
-    else
-      attention_fast_kernel<4><<<grid, kAttnThreads, 0, stream>>>(kv, layer, q, static_cast<int>(n_heads),
-                                                                  static_cast<int>(splits), pos0, scratch, out);
-  } else if (kv.f16)
-    attention_kernel<true><<<grid, kAttnThreads, 0, stream>>>(kv, layer, q, static_cast<int>(n_heads),
-                                                              static_cast<int>(splits), pos0, scratch, out);
-  else
-    attention_kernel<false><<<grid, kAttnThreads, 0, stream>>>(kv, layer, q, static_cast<int>(n_heads),
-                                                               static_cast<int>(splits), pos0, scratch, out);
-  cudaError_t e = cudaGetLastError();
+  if (attention_fast_shape(kv, n_heads)) {
+    const cudaError_t e = launch_attention_fast(kv, layer, q, n, n_heads, splits, pos0, rows, scratch, out,
+                                                DecodeFuse{}, stream);
+    if (e != cudaSuccess) return e;
+  } else if (kv.f16) {
+    TRY_LAUNCH(attention_kernel<true>, grid, dim3(kAttnThreads), stream, kv, layer, q, static_cast<int>(n_heads),
+               static_cast<int>(splits), pos0, rows, scratch, out);
+  } else {
+    TRY_LAUNCH(attention_kernel<false>, grid, dim3(kAttnThreads), stream, kv, layer, q, static_cast<int>(n_heads),
+               static_cast<int>(splits), pos0, rows, scratch, out);
+  }
+  if (splits == 1) return cudaSuccess;
+  return launch_attention_merge(kv, n, n_heads, splits, pos0, rows, scratch, out, stream);
+}
+
+bool attention_decode_fusable(const KvView& kv, int64_t n_heads) {
+  return attention_shape_ok(kv, n_heads, 0) && attention_fast_shape(kv, n_heads);
+}
+
+cudaError_t attention_decode(KvView kv, int64_t layer, const float* q, const float* k, const float* v, int64_t n,
+                             int64_t n_heads, const float* cos_t, const float* sin_t, const int32_t* pos0,
+                             const RowSeq* rows, float* scratch, float* out, cudaStream_t stream) {
+  if (n <= 0 || (n > 1 && rows == nullptr) || !attention_decode_fusable(kv, n_heads) || layer < 0 ||
+      layer >= kv.n_layers || k == nullptr || v == nullptr || cos_t == nullptr || sin_t == nullptr)
+    return cudaErrorInvalidValue;
+  const int64_t splits = attention_splits(kv.n_ctx, n, true);
+  if (splits > 1 && scratch == nullptr) return cudaErrorInvalidValue;
+  const cudaError_t e = launch_attention_fast(kv, layer, q, n, n_heads, splits, pos0, rows, scratch, out,
+                                              DecodeFuse{k, v, cos_t, sin_t}, stream);
   if (e != cudaSuccess || splits == 1) return e;
-  attention_merge_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads)), 128, 0, stream>>>(
-      scratch, static_cast<int>(n_heads), static_cast<int>(kv.head_dim), static_cast<int>(splits), out);
-  return cudaGetLastError();
+  return launch_attention_merge(kv, n, n_heads, splits, pos0, rows, scratch, out, stream);
 }
 
 cudaError_t relu2_mul(const float* gate, const float* up, int64_t count, float* out, cudaStream_t stream) {
   if (count <= 0) return cudaErrorInvalidValue;
-  relu2_mul_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(gate, up, count, out);
+  TRY_LAUNCH(relu2_mul_kernel, dim3(blocks_for(count, 256)), dim3(256), stream, gate, up, count, out);
   return cudaGetLastError();
 }
 
 cudaError_t add_inplace(float* x, const float* y, int64_t count, cudaStream_t stream) {
   if (count <= 0) return cudaErrorInvalidValue;
-  add_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(x, y, count);
+  TRY_LAUNCH(add_kernel, dim3(blocks_for(count, 256)), dim3(256), stream, x, y, count);
   return cudaGetLastError();
 }
 
@@ -1012,8 +1375,8 @@ cudaError_t dense_gemv(const void* w, DenseType type, int64_t rows, int64_t cols
   const int64_t want = (rows + kHeadThreads / 32 - 1) / (kHeadThreads / 32);
   const unsigned blocks = static_cast<unsigned>(want < 8 * sm_count() ? want : 8 * sm_count());
   const size_t esize = type == DenseType::kF32 ? 4 : 2;
-  const bool vec = (cols * esize) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const bool vec =
+      (cols * esize) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   const int c = static_cast<int>(cols);
   for (int64_t j = 0; j < n; j += kHeadTokens) {
     const int nt = static_cast<int>(n - j < kHeadTokens ? n - j : kHeadTokens);
@@ -1022,23 +1385,27 @@ cudaError_t dense_gemv(const void* w, DenseType type, int64_t rows, int64_t cols
     switch (type) {
       case DenseType::kF32:
         if (vec)
-          dense_gemv_kernel<float, true><<<blocks, kHeadThreads, 0, stream>>>(static_cast<const float*>(w), rows, c, xj, nt, oj);
+          TRY_LAUNCH(dense_gemv_kernel<float, true>, dim3(blocks), dim3(kHeadThreads), stream,
+                     static_cast<const float*>(w), rows, c, xj, nt, oj);
         else
-          dense_gemv_kernel<float, false><<<blocks, kHeadThreads, 0, stream>>>(static_cast<const float*>(w), rows, c, xj, nt, oj);
+          TRY_LAUNCH(dense_gemv_kernel<float, false>, dim3(blocks), dim3(kHeadThreads), stream,
+                     static_cast<const float*>(w), rows, c, xj, nt, oj);
         break;
       case DenseType::kF16:
         if (vec)
-          dense_gemv_kernel<__half, true><<<blocks, kHeadThreads, 0, stream>>>(static_cast<const __half*>(w), rows, c, xj, nt, oj);
+          TRY_LAUNCH(dense_gemv_kernel<__half, true>, dim3(blocks), dim3(kHeadThreads), stream,
+                     static_cast<const __half*>(w), rows, c, xj, nt, oj);
         else
-          dense_gemv_kernel<__half, false><<<blocks, kHeadThreads, 0, stream>>>(static_cast<const __half*>(w), rows, c, xj, nt, oj);
+          TRY_LAUNCH(dense_gemv_kernel<__half, false>, dim3(blocks), dim3(kHeadThreads), stream,
+                     static_cast<const __half*>(w), rows, c, xj, nt, oj);
         break;
       case DenseType::kBF16:
         if (vec)
-          dense_gemv_kernel<__nv_bfloat16, true><<<blocks, kHeadThreads, 0, stream>>>(
-              static_cast<const __nv_bfloat16*>(w), rows, c, xj, nt, oj);
+          TRY_LAUNCH(dense_gemv_kernel<__nv_bfloat16, true>, dim3(blocks), dim3(kHeadThreads), stream,
+                     static_cast<const __nv_bfloat16*>(w), rows, c, xj, nt, oj);
         else
-          dense_gemv_kernel<__nv_bfloat16, false><<<blocks, kHeadThreads, 0, stream>>>(
-              static_cast<const __nv_bfloat16*>(w), rows, c, xj, nt, oj);
+          TRY_LAUNCH(dense_gemv_kernel<__nv_bfloat16, false>, dim3(blocks), dim3(kHeadThreads), stream,
+                     static_cast<const __nv_bfloat16*>(w), rows, c, xj, nt, oj);
         break;
     }
     const cudaError_t e = cudaGetLastError();
@@ -1051,21 +1418,28 @@ cudaError_t int8_gemv(const int8_t* w, const float* d, int64_t rows, int64_t col
                       float* logits, cudaStream_t stream) {
   const int64_t stride = cuda_act_len(cols);
   if (rows <= 0 || cols <= 0 || cols >= kMaxCols || n <= 0 || q.stride != stride) return cudaErrorInvalidValue;
+  if (n > kHeadTokens) {  // tensor cores: the weights are read once per 64 tokens instead of per 8
+    const dim3 grid(static_cast<unsigned>((rows + 16 * kHeadMmaWarps - 1) / (16 * kHeadMmaWarps)),
+                    static_cast<unsigned>((n + 8 * kHeadMmaTiles - 1) / (8 * kHeadMmaTiles)));
+    TRY_LAUNCH(int8_head_mma_kernel, grid, dim3(32 * kHeadMmaWarps), stream, w, d, rows, stride, q.codes, q.stride,
+               q.scales, static_cast<int>(n), logits);
+    return cudaSuccess;
+  }
   const int64_t want = (rows + kHeadThreads / 32 - 1) / (kHeadThreads / 32);
   const unsigned blocks = static_cast<unsigned>(want < 8 * sm_count() ? want : 8 * sm_count());
   for (int64_t j = 0; j < n; j += kHeadTokens) {
     const int nt = static_cast<int>(n - j < kHeadTokens ? n - j : kHeadTokens);
-    int8_gemv_kernel<<<blocks, kHeadThreads, 0, stream>>>(w, d, rows, stride, q.codes + j * q.stride, q.stride,
-                                                          q.scales + j, nt, logits + j * rows);
+    TRY_LAUNCH(int8_gemv_kernel, dim3(blocks), dim3(kHeadThreads), stream, w, d, rows, stride, q.codes + j * q.stride,
+               q.stride, q.scales + j, nt, logits + j * rows);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;
 }
 
-cudaError_t argmax(const float* logits, int64_t n, int32_t* out, cudaStream_t stream) {
-  if (n <= 0) return cudaErrorInvalidValue;
-  argmax_kernel<<<1, 1024, 0, stream>>>(logits, n, out);
+cudaError_t argmax(const float* logits, int64_t n, int32_t* out, cudaStream_t stream, int64_t rows) {
+  if (n <= 0 || rows <= 0 || rows > (int64_t{1} << 31) - 1) return cudaErrorInvalidValue;
+  TRY_LAUNCH(argmax_kernel, dim3(static_cast<unsigned>(rows)), dim3(1024), stream, logits, n, out);
   return cudaGetLastError();
 }
 

@@ -19,6 +19,13 @@ namespace onebit::cuda {
 
 enum class DenseType : uint8_t { kF32, kF16, kBF16 };
 
+// Programmatic dependent launch (sm_90+, off by default): every launcher in this file then lets
+// its kernel start while the previous kernel of the stream is still running; the kernel loads only
+// constant data (weights) until that one has completed (griddepcontrol.wait), so results are the
+// same. Process-wide; set it before launching (the CUDA backend sets it at start).
+void set_pdl(bool on);
+bool pdl_enabled();
+
 // Per-token int8 activations of up to `rows` rows: codes [rows][stride] (stride = cuda_act_len(cols),
 // the tail zero), one fp32 scale s = 127/max(max|x|, 1e-5) and the code sum per row.
 struct QuantActs {
@@ -70,6 +77,18 @@ struct KvView {
   int64_t n_layers = 0, n_kv_heads = 0, n_ctx = 0, head_dim = 0;
 };
 
+// A multi-sequence pass (continuous batching): row i of the pass belongs to the sequence whose
+// cache is rows[i].kv (a KvView's data, same geometry as the KvView passed with it) and sits at
+// position rows[i].pos; the launchers below that take `rows` (a device array, one per row) then
+// ignore kv.data and *pos0. Rows of one sequence are consecutive and in position order. Set
+// one_split on the rows of a sequence with several rows in the pass (a prompt chunk): attention
+// then keeps their keys in one split, as a one-sequence pass does, so they get the same bits.
+struct RowSeq {
+  void* kv = nullptr;
+  int32_t pos = 0;
+  int32_t one_split = 0;
+};
+
 // Stores k and v rows [n][n_kv_heads*head_dim] at positions *pos0 .. *pos0 + n - 1 of `layer`.
 cudaError_t kv_store_rows(KvView kv, int64_t layer, const float* k, const float* v, int64_t n, const int32_t* pos0,
                           cudaStream_t stream);
@@ -78,19 +97,36 @@ cudaError_t kv_store_rows(KvView kv, int64_t layer, const float* k, const float*
 // kv_store_rows of k and v: one launch.
 cudaError_t rope_kv_store_rows(float* q, float* k, const float* v, int64_t n, int64_t n_heads, KvView kv,
                                int64_t layer, const float* cos_t, const float* sin_t, const int32_t* pos0,
-                               cudaStream_t stream);
+                               cudaStream_t stream, const RowSeq* rows = nullptr);
 
 // Scratch for attention's split-KV partial results: attention_scratch_floats(...) floats.
-int64_t attention_splits(int64_t n_ctx, int64_t n_rows);
-size_t attention_scratch_floats(int64_t n_ctx, int64_t n_rows, int64_t n_heads, int64_t head_dim);
+// Rows of one sequence (prefill) take one split; a decode row, or rows of different sequences
+// (independent_rows: a multi-sequence pass), split the keys.
+int64_t attention_splits(int64_t n_ctx, int64_t n_rows, bool independent_rows = false);
+size_t attention_scratch_floats(int64_t n_ctx, int64_t n_rows, int64_t n_heads, int64_t head_dim,
+                                bool independent_rows = false);
 
 // Causal GQA attention. q and out are [n][n_heads][head_dim]; row i (position *pos0 + i) attends to
 // positions [0, *pos0 + i] of `layer`; kv head = head / (n_heads / n_kv_heads);
-// out = softmax(q.k * rsqrt(head_dim)) . v with fp32 math. Keys are cut into
-// attention_splits(n_ctx, n) ranges computed in parallel, then merged (flash-decoding).
+// out = softmax(q.k * rsqrt(head_dim)) . v with fp32 math. Keys are cut into at most
+// attention_splits(n_ctx, n) ranges of at least 32 keys, computed in parallel, then merged
+// (flash-decoding); the number used follows the position.
 // head_dim <= 256 and a multiple of 32; n_heads / n_kv_heads <= 8.
+// With rows (a multi-sequence pass), each row attends to [0, rows[i].pos] of its own cache and
+// the scratch is attention_scratch_floats(..., independent_rows = true).
 cudaError_t attention_rows(KvView kv, int64_t layer, const float* q, int64_t n, int64_t n_heads, const int32_t* pos0,
-                           float* scratch, float* out, cudaStream_t stream);
+                           float* scratch, float* out, cudaStream_t stream, const RowSeq* rows = nullptr);
+
+// Decode: n rows, each the only new row of its sequence (n = 1 at *pos0, or n sequences given by
+// rows): RoPE of q (q itself is left unrotated) and of k, the store of k and v at the row's
+// position of `layer`, and attention_rows, in one kernel (plus the merge kernel when the keys are
+// split). Same results, bit for bit, as rope_kv_store_rows followed by attention_rows (scratch:
+// attention_scratch_floats(n_ctx, n, ..., true)). Only shapes with attention_decode_fusable
+// (head_dim 64 or 128, G * head_dim <= 1024); cos/sin as rope_rows.
+bool attention_decode_fusable(const KvView& kv, int64_t n_heads);
+cudaError_t attention_decode(KvView kv, int64_t layer, const float* q, const float* k, const float* v, int64_t n,
+                             int64_t n_heads, const float* cos_t, const float* sin_t, const int32_t* pos0,
+                             const RowSeq* rows, float* scratch, float* out, cudaStream_t stream);
 
 // out = relu(gate)^2 * up; x += y (count elements).
 cudaError_t relu2_mul(const float* gate, const float* up, int64_t count, float* out, cudaStream_t stream);
@@ -102,11 +138,13 @@ cudaError_t dense_gemv(const void* w, DenseType type, int64_t rows, int64_t cols
 
 // int8 LM head: w [rows][stride] int8 codes (stride = cuda_act_len(cols), zero tail), d[r] per-row
 // scale; x quantized per row in q. logits[i][r] = (float(sum_c w[r][c] * q[i][c]) / s_i) * d[r],
-// the sum exact (the CPU int8 head's formula).
+// the sum exact (the CPU int8 head's formula). Up to 8 rows: a GEMV (dp4a) per 8 rows; more: int8
+// tensor cores, 64 rows per read of the weights; the same bits either way.
 cudaError_t int8_gemv(const int8_t* w, const float* d, int64_t rows, int64_t cols, QuantActs q, int64_t n,
                       float* logits, cudaStream_t stream);
 
-// out[0] = index of the largest logits[0..n) (the lowest index among equal maxima).
-cudaError_t argmax(const float* logits, int64_t n, int32_t* out, cudaStream_t stream);
+// out[r] = index of the largest of logits[r][0..n) (the lowest index among equal maxima), for
+// rows r < rows.
+cudaError_t argmax(const float* logits, int64_t n, int32_t* out, cudaStream_t stream, int64_t rows = 1);
 
 }  // namespace onebit::cuda

@@ -133,15 +133,18 @@ template <bool kPdl>
 __global__ void __launch_bounds__(1024) gemv_kernel(GemvSet set, int K, const int8_t* __restrict__ q,
                                                     const float* __restrict__ scale, const int32_t* __restrict__ qsum) {
   __shared__ int red[32][kRowsPerGroup];
-  int m = 0;
+  // This block's matrix, chosen with constant indices only: indexing the parameter array with a
+  // run-time index would copy it to local memory in every thread (a 104-byte stack frame that
+  // cost more memory traffic than the weights).
+  GemvPart part = set.p[0];
 #pragma unroll
   for (int i = 1; i < kMaxGemvParts; ++i)
-    if (i < set.count && static_cast<int>(blockIdx.x) >= set.p[i].group_begin) m = i;
-  const uint4* __restrict__ w = set.p[m].w;
-  const float* __restrict__ row_scale = set.p[m].row_scale;
-  float* __restrict__ y = set.p[m].y;
-  const int rows = set.p[m].rows;
-  const int group = static_cast<int>(blockIdx.x) - set.p[m].group_begin;
+    if (i < set.count && static_cast<int>(blockIdx.x) >= set.p[i].group_begin) part = set.p[i];
+  const uint4* __restrict__ w = part.w;
+  const float* __restrict__ row_scale = part.row_scale;
+  float* __restrict__ y = part.y;
+  const int rows = part.rows;
+  const int group = static_cast<int>(blockIdx.x) - part.group_begin;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int rr = lane & 7, kk = lane >> 3;
   const uint4* wg = w + static_cast<size_t>(group) * K * kRowsPerGroup + rr;

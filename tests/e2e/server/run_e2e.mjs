@@ -27,6 +27,9 @@ const require = createRequire(path.join(path.resolve(opt("--modules", here)), "p
 const openaiModule = require("openai");
 const OpenAI = openaiModule.OpenAI ?? openaiModule.default ?? openaiModule;
 const MODEL_ID = path.basename(model).replace(/\.[^.]*$/, "");
+// KV cache block size (`--kv-block`, default 16): the prefix cache reuses whole blocks.
+const KV_BLOCK = 16;
+const wholeBlocks = (n) => Math.floor(n / KV_BLOCK) * KV_BLOCK;
 
 // Starts `1bit serve --port 0 ...` and resolves with {proc, base, log()} once /health answers.
 async function startServer(extra = []) {
@@ -151,7 +154,7 @@ test("chat, stream: chunks concatenate to the non-stream answer; usage chunk", a
   assert.equal(finish, "length");
   // Same counts; cached_tokens differs (this request reuses the previous one's prefix).
   for (const k of ["prompt_tokens", "completion_tokens", "total_tokens"]) assert.equal(usage[k], greedy.usage[k]);
-  assert.equal(usage.prompt_tokens_details.cached_tokens, usage.prompt_tokens - 1);
+  assert.equal(usage.prompt_tokens_details.cached_tokens, wholeBlocks(usage.prompt_tokens - 1));
 });
 
 test("seed makes sampling repeatable", async () => {
@@ -256,11 +259,13 @@ test("prefix reuse: an identical request reuses the cached prompt and gives the 
   const r = await ask();
   assert.equal(first.choices[0].message.content, greedy.choices[0].message.content);
   assert.equal(r.choices[0].message.content, greedy.choices[0].message.content);
-  assert.equal(r.usage.prompt_tokens_details.cached_tokens, r.usage.prompt_tokens - 1);
+  // Whole KV blocks of the prompt, short of its last token (which is run again for its logits).
+  assert.equal(r.usage.prompt_tokens_details.cached_tokens, wholeBlocks(r.usage.prompt_tokens - 1));
+  assert.ok(r.usage.prompt_tokens_details.cached_tokens > 0, JSON.stringify(r.usage));
   // A follow-up turn extends the conversation: its prompt starts with the cached one.
   const turn2 = [...msgs, { role: "assistant", content: r.choices[0].message.content }, { role: "user", content: "And then?" }];
   const r2 = await client.chat.completions.create({ model: MODEL_ID, messages: turn2, temperature: 0, max_tokens: 4 });
-  assert.ok(r2.usage.prompt_tokens_details.cached_tokens >= r.usage.prompt_tokens, JSON.stringify(r2.usage));
+  assert.ok(r2.usage.prompt_tokens_details.cached_tokens >= wholeBlocks(r.usage.prompt_tokens), JSON.stringify(r2.usage));
 });
 
 test("n > 1, non-stream: n choices indexed 0..n-1, usage sums completion tokens", async () => {
@@ -390,6 +395,10 @@ test("GET /props and /health", async () => {
   assert.equal(p.n_ctx, 512);
   assert.equal(p.parallel, 4);
   assert.equal(p.max_queue, 256);
+  assert.equal(p.kv_block_size, KV_BLOCK);
+  assert.equal(p.kv_blocks, (4 * 512) / KV_BLOCK);
+  assert.equal(p.kv_shared, true);
+  assert.equal(p.max_sequence, 512);
   assert.equal(typeof p.chat_template, "string");
   assert.equal(p.bos_token, "<|begin_of_text|>");
   assert.equal(p.eos_token_id, 1);
@@ -430,7 +439,12 @@ test("GET /metrics counts requests, tokens, latencies and prefix hits", async ()
   assert.equal(after["onebit_queue_depth"], 0);
   assert.equal(after["onebit_kv_positions_total"], 4 * 512);
   assert.ok(after['onebit_kv_positions{state="cached"}'] > 0);
-  assert.ok(after["onebit_kv_usage_ratio"] > 0 && after["onebit_kv_usage_ratio"] <= 1);
+  assert.equal(after["onebit_kv_blocks_total"], (4 * 512) / KV_BLOCK);
+  assert.equal(after["onebit_kv_block_size"], KV_BLOCK);
+  assert.equal(after['onebit_kv_blocks{state="used"}'], 0);  // nothing runs
+  assert.ok(after['onebit_kv_blocks{state="cached"}'] > 0);
+  assert.equal(after["onebit_kv_usage_ratio"], 0);  // used blocks / all blocks
+  assert.equal(after["onebit_preemptions_total"], 0);
   assert.ok(after['onebit_requests_total{route="/v1/chat/completions",status="400"}'] >= 1);
 });
 
@@ -536,7 +550,34 @@ async function main() {
   }
   await stopServer(small);
 
-  console.log(`${tests.length + 3 - failed} passed, ${failed} failed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  // --kv-blocks: a pool of 3 blocks (48 positions) for 2 sequences. A prompt that cannot fit is a
+  // 400; sequences stop at the pool's size ("length"); two at once take turns (preemption) and
+  // give the text each gives alone.
+  const tiny = await startServer(["--parallel", "2", "--kv-blocks", "3"]);
+  try {
+    const err = await expectError(post(tiny.base, "/v1/completions", { prompt: "word ".repeat(60), max_tokens: 2 }), 400, "prompt");
+    assert.equal(err.code, "context_length_exceeded");
+    assert.match(err.message, /KV cache pool holds only 48 positions/);
+    const c = new OpenAI({ baseURL: `${tiny.base}/v1`, apiKey: "x", maxRetries: 0 });
+    const ask = (prompt) => c.completions.create({ model: MODEL_ID, prompt, temperature: 0, max_tokens: 100, logit_bias: { 0: -100, 1: -100, 2: -100 } });
+    const [a1, b1] = [await ask("The river ran"), await ask("Prices of wheat")];
+    for (const r of [a1, b1]) {
+      assert.equal(r.choices[0].finish_reason, "length");
+      assert.equal(r.usage.completion_tokens, 48 - r.usage.prompt_tokens + 1);
+    }
+    const [a2, b2] = await Promise.all([ask("The river ran"), ask("Prices of wheat")]);
+    assert.equal(a2.choices[0].text, a1.choices[0].text);
+    assert.equal(b2.choices[0].text, b1.choices[0].text);
+    const m = await scrape(tiny.base);
+    assert.ok(m["onebit_preemptions_total"] > 0, "the two sequences should not both fit");
+    console.log("ok   --kv-blocks: refused prompts, length at the pool size, preemption keeps the text");
+  } catch (e) {
+    failed++;
+    console.log(`FAIL --kv-blocks\n${e.stack ?? e}`);
+  }
+  await stopServer(tiny);
+
+  console.log(`${tests.length + 4 - failed} passed, ${failed} failed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   if (failed) {
     console.log("--- server log ---\n" + srv.log());
     process.exit(1);

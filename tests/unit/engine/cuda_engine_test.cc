@@ -1,7 +1,8 @@
 // The CUDA backend end to end (the goldens are in golden_test.cc, EveryGoldenCuda, which also
 // cover the tiny checkpoints against float64): batched prefill == token-by-token decode, CUDA graph
-// replay == eager launches bit for bit, CUDA logits vs the CPU backend's on the default model (fp32
-// and fp16 KV, bf16 and int8 LM heads), and bad input. Every test is skipped (with the reason) where there is no usable GPU or
+// replay == eager launches bit for bit, continuous batching (several sessions per pass) == each
+// session alone bit for bit, CUDA logits vs the CPU backend's on the default model (fp32 and fp16
+// KV, bf16 and int8 LM heads), and bad input. Every test is skipped (with the reason) where there is no usable GPU or
 // the build has no CUDA.
 #include <gtest/gtest.h>
 
@@ -167,6 +168,85 @@ TEST(CudaEngine, DefaultModelMatchesCpu) {
       o.lm_head = head;
       compare_with_cpu(*m, o, prompt, 32, 5e-2, 1e-2);
     }
+}
+
+// Continuous batching on the GPU: several sessions in shared passes (prompt chunks and single
+// tokens mixed, passes of 16 rows that split items; then rounds where every session decodes one
+// token, the fused multi-sequence attention) give each session exactly the logits it gets alone.
+TEST(CudaEngine, DecodeBatchEqualsOneSessionAtATime) {
+  SKIP_WITHOUT_CUDA();
+  auto m = default_model();
+  for (KvDtype kv : {KvDtype::kF32, KvDtype::kF16}) {
+    EngineOptions o = cuda_opts(256);
+    o.n_batch = 16;
+    o.kv_dtype = kv;
+    auto e = Engine::load(*m, o);
+    constexpr int kSeqs = 5;
+    std::vector<std::unique_ptr<Session>> batched, alone;
+    for (int i = 0; i < kSeqs; ++i) {
+      batched.push_back(e->new_session());
+      alone.push_back(e->new_session());
+    }
+    auto ids = [](int n, int seed) {
+      std::vector<int32_t> v;
+      for (int i = 0; i < n; ++i) v.push_back(3 + (i * 131 + seed * 977) % 4000);
+      return v;
+    };
+    std::vector<std::vector<std::vector<int32_t>>> rounds = {
+        {ids(5, 1), ids(23, 2), ids(1, 3), ids(40, 4), ids(70, 5)},
+        {ids(1, 5), ids(1, 6), ids(17, 7), ids(1, 8), ids(1, 9)},
+    };
+    for (int r = 0; r < 12; ++r) rounds.push_back({ids(1, 10 + r), ids(1, 30 + r), ids(1, 50 + r), ids(1, 70 + r),
+                                                    ids(1, 90 + r)});
+    int round = 0;
+    for (const auto& rd : rounds) {
+      std::vector<BatchItem> items;
+      for (int i = 0; i < kSeqs; ++i) items.push_back({batched[i].get(), rd[i], {}});
+      e->decode_batch(items);
+      for (int i = 0; i < kSeqs; ++i) {
+        const std::vector<float> want = copy(alone[i]->decode(rd[i]));
+        EXPECT_EQ(max_abs_diff(items[i].logits, want), 0.0)
+            << "round " << round << ", session " << i << ", kv " << kv_dtype_name(kv);
+        EXPECT_EQ(batched[i]->n_past(), alone[i]->n_past());
+      }
+      ++round;
+    }
+  }
+}
+
+// Greedy batches with the argmax taken on the GPU (BatchOutput::kArgmax, only the ids come back)
+// pick what the host picks from the same batches' logits, bf16 and int8 heads.
+TEST(CudaEngine, DecodeBatchArgmaxOnTheDevice) {
+  SKIP_WITHOUT_CUDA();
+  auto m = default_model();
+  for (LmHead head : {LmHead::kAsStored, LmHead::kInt8}) {
+    EngineOptions o = cuda_opts(128);
+    o.n_batch = 16;
+    o.lm_head = head;
+    auto e = Engine::load(*m, o);
+    constexpr int kSeqs = 12;  // > 8 logit rows: the int8 head's tensor-core path
+    std::vector<std::unique_ptr<Session>> g, l;
+    std::vector<std::vector<int32_t>> next;
+    for (int i = 0; i < kSeqs; ++i) {
+      g.push_back(e->new_session());
+      l.push_back(e->new_session());
+      next.push_back({static_cast<int32_t>(5 + 37 * i), static_cast<int32_t>(900 + i)});
+    }
+    for (int step = 0; step < 8; ++step) {
+      std::vector<BatchItem> gi, li;
+      for (int i = 0; i < kSeqs; ++i) {
+        gi.push_back({g[i].get(), next[i], {}});
+        li.push_back({l[i].get(), next[i], {}});
+      }
+      e->decode_batch(gi, BatchOutput::kArgmax);
+      e->decode_batch(li);
+      for (int i = 0; i < kSeqs; ++i) {
+        EXPECT_EQ(gi[i].argmax, argmax(li[i].logits)) << "step " << step << ", session " << i << ", head "
+                                                      << lm_head_name(head);
+        next[i] = {argmax(li[i].logits)};
+      }
+    }
+  }
 }
 
 TEST(CudaEngine, BadInputIsAnErrorAndLeavesTheSessionUsable) {

@@ -2,6 +2,7 @@
 // session, exactly the logits of Session::decode; passes split long items; bad input runs nothing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -60,6 +61,40 @@ TEST(DecodeBatch, EqualsOneSessionAtATime) {
   // The sessions keep working on their own afterwards.
   const int32_t t = 42;
   for (int i = 0; i < kSeqs; ++i) EXPECT_TRUE(same_bits(copy(batched[i]->decode(std::span(&t, 1))), alone[i]->decode(std::span(&t, 1))));
+}
+
+// BatchOutput::kArgmax: each item gets the index of its largest logit (the first among equals),
+// the same as the logits of an identical batch run with kLogits, and greedy decoding driven by it
+// follows the same tokens.
+TEST(DecodeBatch, ArgmaxEqualsTheLogitsArgmax) {
+  auto m = model();
+  EngineOptions o;
+  o.n_ctx = 128;
+  o.n_batch = 16;
+  auto e = Engine::load(*m, o);
+  constexpr int kSeqs = 3;
+  std::vector<std::unique_ptr<Session>> g, l;
+  for (int i = 0; i < kSeqs; ++i) {
+    g.push_back(e->new_session());
+    l.push_back(e->new_session());
+  }
+  std::vector<std::vector<int32_t>> next = {ids(7, 1), ids(20, 2), ids(1, 3)};
+  for (int step = 0; step < 6; ++step) {
+    std::vector<BatchItem> gi, li;
+    for (int i = 0; i < kSeqs; ++i) {
+      gi.push_back({g[i].get(), next[i], {}});
+      li.push_back({l[i].get(), next[i], {}});
+    }
+    e->decode_batch(gi, BatchOutput::kArgmax);
+    e->decode_batch(li);
+    for (int i = 0; i < kSeqs; ++i) {
+      EXPECT_TRUE(gi[i].logits.empty());
+      const auto& lg = li[i].logits;
+      const int32_t want = static_cast<int32_t>(std::max_element(lg.begin(), lg.end()) - lg.begin());
+      EXPECT_EQ(gi[i].argmax, want) << "step " << step << ", session " << i;
+      next[i] = {want};
+    }
+  }
 }
 
 TEST(DecodeBatch, BadInputRunsNothing) {

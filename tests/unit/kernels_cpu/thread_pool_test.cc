@@ -2,8 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <set>
 #include <thread>
 #include <vector>
@@ -54,6 +57,42 @@ TEST(ThreadPool, ManyTinyJobsAfterSleepingAndNested) {
     });
   }
   EXPECT_EQ(total.load(), 20000 * 10 * 2);
+}
+
+// Back-to-back jobs whose chunk counts alternate between small and large: a worker that read the
+// last claim state of a finished job while the next job's fields were being written must not be
+// able to claim a chunk (once it could: the chunk ran with the next job's function, so a range ran
+// twice and done-counting overshot, which later hung run() for good). Each index exactly once,
+// every range inside its job; bounded by a watchdog instead of hanging.
+TEST(ThreadPool, NoStaleClaimAcrossJobs) {
+  for (int threads : {2, 4}) {
+    ThreadPool pool(threads);
+    std::atomic<bool> finished{false};
+    std::thread watchdog([&] {
+      for (int i = 0; i < 1200 && !finished.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (!finished.load()) {
+        std::fprintf(stderr, "ThreadPool.NoStaleClaimAcrossJobs: hung (a chunk counted twice)\n");
+        std::abort();
+      }
+    });
+    std::vector<std::atomic<int>> hits(256);
+    int64_t bad = 0;
+    for (int job = 0; job < 60000 && bad == 0; ++job) {
+      const int64_t n = job % 2 == 0 ? 3 : 256;
+      for (int64_t i = 0; i < n; ++i) hits[static_cast<size_t>(i)].store(0, std::memory_order_relaxed);
+      std::atomic<int64_t> out_of_range{0};
+      pool.parallel_for(n, 1, [&](int64_t b, int64_t e) {
+        if (b < 0 || b >= e || e > n) out_of_range.fetch_add(1);
+        for (int64_t i = std::max<int64_t>(b, 0); i < std::min<int64_t>(e, n); ++i)
+          hits[static_cast<size_t>(i)].fetch_add(1, std::memory_order_relaxed);
+      });
+      bad += out_of_range.load();
+      for (int64_t i = 0; i < n; ++i) bad += hits[static_cast<size_t>(i)].load() != 1;
+    }
+    finished.store(true);
+    watchdog.join();
+    EXPECT_EQ(bad, 0) << threads << " threads";
+  }
 }
 
 TEST(ThreadPool, ConcurrentCallersAreSerialized) {

@@ -188,6 +188,12 @@ TEST(Metrics, RenderIsPrometheusText) {
   g.kv_running = 100;
   g.kv_cached = 156;
   g.kv_total = 1024;
+  g.kv_block_size = 16;
+  g.kv_blocks_total = 64;
+  g.kv_blocks_used = 16;
+  g.kv_blocks_cached = 10;
+  m.count_preemption();
+  m.count_preemption();
   const std::string text = m.render(g);
   const auto s = parse(text);
   EXPECT_EQ(s.at("onebit_requests_total{route=\"/v1/chat/completions\",status=\"200\"}"), 2);
@@ -205,7 +211,14 @@ TEST(Metrics, RenderIsPrometheusText) {
   EXPECT_EQ(s.at("onebit_kv_positions{state=\"running\"}"), 100);
   EXPECT_EQ(s.at("onebit_kv_positions{state=\"cached\"}"), 156);
   EXPECT_EQ(s.at("onebit_kv_positions_total"), 1024);
-  EXPECT_EQ(s.at("onebit_kv_usage_ratio"), 0.25);
+  EXPECT_EQ(s.at("onebit_kv_blocks{state=\"used\"}"), 16);
+  EXPECT_EQ(s.at("onebit_kv_blocks{state=\"cached\"}"), 10);
+  EXPECT_EQ(s.at("onebit_kv_blocks{state=\"free\"}"), 38);
+  EXPECT_EQ(s.at("onebit_kv_blocks_total"), 64);
+  EXPECT_EQ(s.at("onebit_kv_block_size"), 16);
+  EXPECT_EQ(s.at("onebit_kv_usage_ratio"), 0.25);  // used / total blocks
+  EXPECT_EQ(s.at("onebit_preemptions_total"), 2);
+  EXPECT_EQ(m.totals().preemptions, 2u);
   // Empty metrics render too, with ratios of 0 rather than NaN.
   const auto e = parse(Metrics().render({}));
   EXPECT_EQ(e.at("onebit_prefix_cache_hit_ratio"), 0);

@@ -1,5 +1,7 @@
-// The Scheduler of `1bit serve` (src/server/scheduler.h) on the default model: prefix reuse,
-// slot choice, the queue limit, cancellation, logprobs, embeddings, and the metrics it records.
+// The Scheduler of `1bit serve` (src/server/scheduler.h) on the default model: the shared paged KV
+// pool (block prefix cache across requests, preemption and recompute, requests that can never
+// fit, cancellation freeing blocks), per-session caches (prefix reuse, slot choice), the queue
+// limit, logprobs, embeddings, and the metrics it records.
 #include "server/scheduler.h"
 
 #include <gtest/gtest.h>
@@ -117,9 +119,18 @@ TEST(SchedulerPrefix, CommonPrefix) {
   EXPECT_EQ(common_prefix(std::vector<int32_t>{1, 2}, a), 2u);
 }
 
+// Per-session caches (what a backend without paged KV gets): a Session keeps its last sequence.
+SchedulerOptions private_caches(int parallel) {
+  SchedulerOptions o;
+  o.parallel = parallel;
+  o.shared_kv = false;
+  return o;
+}
+
 TEST_F(SchedulerTest, SecondIdenticalRequestReusesThePrefixAndGivesTheSameText) {
   Metrics metrics;
-  Scheduler s(*engine_, *tok_, 1, 0, &metrics);
+  Scheduler s(*engine_, *tok_, private_caches(1), &metrics);
+  ASSERT_FALSE(s.shared_kv());
   const std::vector<int32_t> prompt = encode("The old city by the river was quiet in the morning");
   const Result a = run(s, job(prompt, 12));
   EXPECT_EQ(a.last.cached_tokens, 0);
@@ -147,7 +158,7 @@ TEST_F(SchedulerTest, SecondIdenticalRequestReusesThePrefixAndGivesTheSameText) 
 }
 
 TEST_F(SchedulerTest, JobGoesToTheSessionWithTheLongestPrefix) {
-  Scheduler s(*engine_, *tok_, 2);
+  Scheduler s(*engine_, *tok_, private_caches(2));
   const std::vector<int32_t> p1 = encode("Once upon a time in the north there lived a miller");
   const std::vector<int32_t> p2 = encode("Prices of wheat and corn rose sharply during the war");
   const Result a1 = run(s, job(p1, 3));
@@ -178,6 +189,7 @@ TEST_F(SchedulerTest, FullQueueRefusesAndCancelledJobsFreeTheirSession) {
   auto j1 = long_job(), j2 = long_job(), j3 = long_job();
   ASSERT_TRUE(submit(s, {j1}));
   ASSERT_TRUE(eventually([&] { return s.stats().running == 1 && s.stats().queued == 0; }));
+  ASSERT_TRUE(eventually([&] { return s.stats().kv_blocks_used > 0; }));
   EXPECT_TRUE(submit(s, {j2}));  // waits: the queue held nothing
   EXPECT_EQ(s.stats().queued, 1);
   EXPECT_FALSE(submit(s, {j3}));  // the queue is full: refused, nothing queued
@@ -187,6 +199,7 @@ TEST_F(SchedulerTest, FullQueueRefusesAndCancelledJobsFreeTheirSession) {
   j2->cancelled = true;
   EXPECT_TRUE(eventually([&] { return s.stats().running == 0; }));
   EXPECT_EQ(s.stats().kv_running, 0);
+  EXPECT_EQ(s.stats().kv_blocks_used, 0);  // the cancelled sequences' blocks went back to the pool
   // No final event for a cancelled Job, and far fewer than 200 tokens were sent.
   size_t events = 0;
   bool final_seen = false;
@@ -196,6 +209,140 @@ TEST_F(SchedulerTest, FullQueueRefusesAndCancelledJobsFreeTheirSession) {
   // The session works for the next Job.
   const Result r = run(s, job(prompt, 2));
   EXPECT_EQ(r.last.completion_tokens, 2);
+}
+
+// ---- the shared paged KV pool ----
+
+const char* const kStory =
+    "The old city by the river was quiet in the morning. Fishermen pulled their boats onto the sand, the baker "
+    "opened his shutters, and children ran along the wall toward the market where the first carts were arriving";
+
+// No end of text: only max_tokens (or a cancel) ends these.
+void no_eos(Job& j) {
+  for (int32_t id : {0, 1, 2}) j.sampling.logit_bias[id] = -100;
+}
+
+TEST_F(SchedulerTest, SharedPoolReusesBlocksAcrossRequestsAndSlots) {
+  Metrics metrics;
+  Scheduler s(*engine_, *tok_, 2, 0, &metrics);
+  ASSERT_TRUE(s.shared_kv());
+  const int64_t bs = s.kv_block_size();
+  EXPECT_EQ(bs, 16);
+  EXPECT_EQ(s.kv_blocks(), 2 * engine_->n_ctx() / bs);
+  EXPECT_EQ(s.max_sequence(), engine_->n_ctx());
+  const std::vector<int32_t> p = encode(kStory);
+  const int64_t n = static_cast<int64_t>(p.size());
+  ASSERT_GE(n, 2 * bs);
+  std::vector<int32_t> longer = p;
+  for (int32_t id : tok_->encode(" from the hills")) longer.push_back(id);
+  // What `longer` gives with nothing reused.
+  Scheduler fresh(*engine_, *tok_, private_caches(1));
+  const Result want = run(fresh, job(longer, 8));
+  ASSERT_EQ(want.last.cached_tokens, 0);
+
+  // A keeps a Session busy; B, on the other Session, takes A's full prompt blocks while A runs.
+  auto a = job(p, 200, 1.0f);
+  no_eos(*a);
+  ASSERT_TRUE(submit(s, {a}));
+  ASSERT_TRUE(eventually([&] { return metrics.totals().prompt_tokens == static_cast<uint64_t>(n); }));
+  EXPECT_GE(s.stats().kv_blocks_used, n / bs);
+  const Result b = run(s, job(longer, 8));
+  EXPECT_EQ(b.last.cached_tokens, n / bs * bs);
+  EXPECT_EQ(b.text, want.text);
+  EXPECT_EQ(b.last.completion_tokens, want.last.completion_tokens);
+  a->cancelled = true;
+  ASSERT_TRUE(eventually([&] { return s.stats().running == 0 && s.stats().kv_blocks_used == 0; }));
+  EXPECT_GT(s.stats().kv_blocks_cached, 0);  // kept for the next request
+  // Later, B's own blocks serve an identical request: all but the last token's block (at most).
+  const Result c = run(s, job(longer, 8));
+  EXPECT_EQ(c.last.cached_tokens, (static_cast<int64_t>(longer.size()) - 1) / bs * bs);
+  EXPECT_EQ(c.text, want.text);
+  const Metrics::Totals t = metrics.totals();
+  EXPECT_EQ(t.prompt_tokens, static_cast<uint64_t>(n + 2 * static_cast<int64_t>(longer.size())));
+  EXPECT_EQ(t.reused_tokens, static_cast<uint64_t>(b.last.cached_tokens + c.last.cached_tokens));
+  EXPECT_EQ(t.preemptions, 0u);
+}
+
+TEST_F(SchedulerTest, PreemptedSequencesAreRecomputedAndTheirOutputDoesNotChange) {
+  // Four sequences of up to ~100 positions each in a pool of 8 blocks (128 positions): they must
+  // take turns. Greedy and seeded sampling with penalties must give exactly what each gives alone.
+  const std::vector<std::string> texts = {kStory, "Prices of wheat and corn rose sharply during the war",
+                                          "Once upon a time in the north there lived a miller who had three sons",
+                                          "In the spring of that year"};
+  auto make = [&](size_t i) {
+    auto j = job(encode(texts[i]), 48, i % 2 ? 0.9f : 0.0f);
+    no_eos(*j);
+    j->sampling.seed = 11 + i;
+    j->sampling.frequency_penalty = i == 1 ? 0.5f : 0.0f;
+    j->sampling.presence_penalty = i == 3 ? 0.4f : 0.0f;
+    j->logprobs = i == 2;
+    return j;
+  };
+  std::vector<Result> want;
+  {
+    Scheduler alone(*engine_, *tok_, private_caches(1));
+    for (size_t i = 0; i < texts.size(); ++i) want.push_back(run(alone, make(i)));
+  }
+  Metrics metrics;
+  SchedulerOptions o;
+  o.parallel = 4;
+  o.kv_blocks = 8;
+  Scheduler s(*engine_, *tok_, o, &metrics);
+  EXPECT_EQ(s.max_sequence(), 128);
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    jobs.push_back(make(i));
+    ASSERT_TRUE(submit(s, {jobs.back()}));
+  }
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const Result got = wait(jobs[i]);
+    EXPECT_EQ(got.last.error, "") << i;
+    EXPECT_EQ(got.text, want[i].text) << i;
+    EXPECT_EQ(got.last.finish_reason, want[i].last.finish_reason) << i;
+    EXPECT_EQ(got.last.completion_tokens, 48) << i;
+    EXPECT_EQ(got.last.prompt_tokens, want[i].last.prompt_tokens) << i;
+    if (i == 2) {  // one logprobs entry per token, preemptions or not
+      size_t n = 0;
+      for (const TokenEvent& ev : got.events) n += ev.logprobs.size();
+      EXPECT_EQ(n, 48u);
+    }
+  }
+  EXPECT_GT(metrics.totals().preemptions, 0u);
+  EXPECT_EQ(s.stats().preemptions, static_cast<int64_t>(metrics.totals().preemptions));
+  EXPECT_TRUE(eventually([&] { return s.stats().running == 0 && s.stats().queued == 0; }));
+  EXPECT_EQ(s.stats().kv_blocks_used, 0);
+  EXPECT_EQ(metrics.totals().prompt_tokens, [&] {
+    uint64_t n = 0;
+    for (const Result& r : want) n += static_cast<uint64_t>(r.last.prompt_tokens);
+    return n;
+  }());  // counted once per request, not per recompute
+}
+
+TEST_F(SchedulerTest, RequestsThatCanNeverFitThePoolAreRefused) {
+  SchedulerOptions o;
+  o.parallel = 2;
+  o.kv_blocks = 2;  // 32 positions
+  Scheduler s(*engine_, *tok_, o);
+  ASSERT_EQ(s.max_sequence(), 32);
+  std::vector<int32_t> big = encode(kStory);
+  big.resize(40);
+  const Result r = run(s, job(big, 4));
+  EXPECT_NE(r.last.error.find("KV pool holds 32"), std::string::npos) << r.last.error;
+  auto e = std::make_shared<Job>();
+  e->kind = Job::Kind::kEmbed;
+  e->inputs = {big};
+  EXPECT_NE(run(s, e).last.error.find("KV pool"), std::string::npos);
+  // One that fits runs until the pool is full for it ("length"), and the next still runs.
+  std::vector<int32_t> p = encode(kStory);
+  p.resize(20);
+  auto j = job(p, 100);
+  no_eos(*j);
+  const Result ok = run(s, j);
+  EXPECT_EQ(ok.last.error, "");
+  EXPECT_EQ(ok.last.finish_reason, "length");
+  EXPECT_EQ(ok.last.completion_tokens, 32 - 20 + 1);  // the last sampled token needs no position
+  EXPECT_EQ(run(s, job(p, 2)).last.completion_tokens, 2);
+  EXPECT_EQ(s.stats().kv_blocks_used, 0);
 }
 
 TEST_F(SchedulerTest, SeveralJobsShareAChannelByIndex) {
