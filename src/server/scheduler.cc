@@ -36,6 +36,11 @@ struct Scheduler::Running {
   // Continuous batching: what this Job gives the step's Engine::decode_batch (empty: nothing).
   std::span<const int32_t> pending;
   int32_t pending_token = 0;  // the sampled token `pending` points at
+  // Sampled ahead of the step, in parallel with the other Jobs (presample()); step() takes it.
+  bool presampled = false;
+  int32_t presample = 0;
+  TokenLogprobs presample_lp;
+  std::string presample_error;
   // This step: the Job goes on after it / failed (final_event holds the error).
   bool more = false, failed = false;
 
@@ -108,6 +113,16 @@ Scheduler::Scheduler(Engine& engine, const Tokenizer& tok, const SchedulerOption
     if (max_sequence_ < 2)
       fail("--kv-blocks {} of {} positions cannot hold a prompt and one more token", blocks, engine_.kv_block());
   }
+  // On a GPU the host cores are free while the model runs: sampling (a softmax over the whole
+  // vocabulary per Job and token) is spread over them, which matters for many streams of a
+  // 128k-vocabulary model. On the CPU those cores run the model, so Jobs sample one after another.
+  if (opts.sample_threads < 0) fail("sample threads must be >= 0 (0 = automatic), got {}", opts.sample_threads);
+  int sample_threads = opts.sample_threads;
+  if (sample_threads == 0)
+    sample_threads = engine_.options().device == Device::kCpu
+                         ? 1
+                         : std::min(opts.parallel, std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+  if (sample_threads > 1) sample_pool_ = std::make_unique<cpu::ThreadPool>(sample_threads);
   slots_.resize(static_cast<size_t>(opts.parallel));
   for (Slot& s : slots_) s.session = engine_.new_session(pool_);
   publish_stats(0);
@@ -319,6 +334,7 @@ void Scheduler::loop() {
         r.final_event = error_event(e.what(), static_cast<int64_t>(r.job->prompt.size()));
       }
     };
+    presample(running);
     for (auto& r : running)
       if (!r->generating() || r->prefilled) turn(*r);
     budget = std::max<int64_t>(budget, kMinPrefillChunk);  // prompts always progress
@@ -481,7 +497,10 @@ bool Scheduler::step(Running& r, int64_t& budget) {
     return false;
   };
   TokenLogprobs lp;
-  const int32_t next = r.sampler->sample(r.logits, r.history, job.logprobs ? &lp : nullptr);
+  if (r.presampled && !r.presample_error.empty()) fail("{}", r.presample_error);
+  const int32_t next = r.presampled ? r.presample : r.sampler->sample(r.logits, r.history, job.logprobs ? &lp : nullptr);
+  if (r.presampled) lp = std::move(r.presample_lp);
+  r.presampled = false;
   const auto now = Clock::now();
   if (metrics_) {
     if (!r.sampled_any) metrics_->observe_ttft(std::chrono::duration<double>(now - job.submitted).count());
@@ -519,6 +538,27 @@ bool Scheduler::step(Running& r, int64_t& budget) {
   r.pending = std::span(&r.pending_token, 1);
   --budget;
   return true;
+}
+
+void Scheduler::presample(RunningList& running) {
+  if (!sample_pool_) return;
+  std::vector<Running*> todo;
+  for (auto& r : running)
+    if (r->generating() && r->prefilled && !r->job->cancelled) todo.push_back(r.get());
+  if (todo.size() < 2) return;
+  // Each Job's sampler (its RNG, penalties) and logits are its own: any split gives the same tokens.
+  sample_pool_->parallel_for(static_cast<int64_t>(todo.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      Running& r = *todo[static_cast<size_t>(i)];
+      r.presampled = true;
+      r.presample_lp = {};
+      try {  // parallel_for bodies must not throw: step() raises it on the engine thread
+        r.presample = r.sampler->sample(r.logits, r.history, r.job->logprobs ? &r.presample_lp : nullptr);
+      } catch (const std::exception& ex) {
+        r.presample_error = ex.what();
+      }
+    }
+  });
 }
 
 bool Scheduler::step_embed(Running& r) {

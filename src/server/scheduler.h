@@ -58,6 +58,7 @@
 #include "core/sampler/sampling_params.h"
 #include "core/tokenizer/tokenizer.h"
 #include "engine/engine.h"
+#include "kernels/cpu/thread_pool.h"
 #include "server/metrics.h"
 
 namespace onebit::server {
@@ -111,6 +112,10 @@ struct SchedulerOptions {
   // Share one KV pool (prefix cache, preemption) when the backend has paged KV; false gives each
   // Session its own contiguous-context cache, as a backend without paged KV always does.
   bool shared_kv = true;
+  // Host threads that sample the running Jobs' next tokens in parallel before each step. 0 =
+  // automatic: the machine's cores on a GPU engine (the host is idle while the model runs), 1
+  // (one Job after another) on the CPU engine, whose threads run the model.
+  int sample_threads = 0;
 };
 
 // The length of the common prefix of a and b.
@@ -161,6 +166,8 @@ class Scheduler {
   // Moves preempted sequences, then queued Jobs, into `running` while a Session is idle and the
   // pool can hold them (mu_ held). Refuses Jobs that can never fit.
   void admit(RunningList& running);
+  // Samples the next token of every decoding Job on sample_pool_ (GPU engines), for step() to take.
+  void presample(RunningList& running);
   // The idle slot for this Job (see "Prefix reuse" above); -1 if none is idle.
   int pick_slot(const Job& job) const;
   // One turn of a running generation Job: samples its next token (or takes the next chunk of its
@@ -197,6 +204,7 @@ class Scheduler {
   bool stopping_ = false;                   // guarded by mu_
   std::atomic<int64_t> n_running_{0}, n_preempted_{0}, kv_running_{0}, kv_cached_{0}, blocks_used_{0},
       blocks_cached_{0}, preemptions_{0};
+  std::unique_ptr<cpu::ThreadPool> sample_pool_;  // GPU engines: host threads for presample()
   std::thread thread_;
 };
 

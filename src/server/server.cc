@@ -152,6 +152,7 @@ class Server {
         eo.n_ctx = opts_.ctx;
         eo.n_threads = opts_.threads;
         eo.device = device_from_name(opts_.device);
+        eo.lm_head = lm_head_from_name(opts_.lm_head);
         eo.kv_block = opts_.kv_block;
         auto engine = Engine::load(*model_, eo);
         SchedulerOptions so;

@@ -24,6 +24,7 @@ struct ServerOptions {
   int64_t kv_blocks = 0;     // blocks of the shared KV pool; 0 = parallel x blocks per context
   int threads = 0;           // engine CPU threads, 0 = all
   std::string device = "cpu";  // "cpu" or "cuda" (EngineOptions::device)
+  std::string lm_head = "bf16";  // "bf16" or "int8" (EngineOptions::lm_head)
   int http_threads = 2;
   size_t body_limit = 1u << 20;
   size_t max_queue = 0;      // requests waiting for a session before 429; 0 = 64 x parallel

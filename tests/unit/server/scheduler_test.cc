@@ -318,6 +318,49 @@ TEST_F(SchedulerTest, PreemptedSequencesAreRecomputedAndTheirOutputDoesNotChange
   }());  // counted once per request, not per recompute
 }
 
+TEST_F(SchedulerTest, ParallelSamplingGivesTheSameTokens) {
+  // Several streams with seeded temperature sampling, penalties and logprobs: sampled on 3 host
+  // threads (as on a GPU engine) they must give exactly what one-at-a-time sampling gives.
+  auto make = [&](int i) {
+    auto j = job(encode(std::string(kStory).substr(0, 20 + 9 * static_cast<size_t>(i))), 24, i == 0 ? 0.0f : 0.8f);
+    no_eos(*j);
+    j->sampling.seed = 100 + i;
+    j->sampling.frequency_penalty = i == 2 ? 0.7f : 0.0f;
+    j->logprobs = i == 3;
+    j->sampling.n_logprobs = i == 3 ? 3 : 0;
+    return j;
+  };
+  auto run_all = [&](int sample_threads) {
+    SchedulerOptions o;
+    o.parallel = 5;
+    o.sample_threads = sample_threads;
+    Scheduler s(*engine_, *tok_, o);
+    std::vector<std::shared_ptr<Job>> jobs;
+    for (int i = 0; i < 5; ++i) {
+      jobs.push_back(make(i));
+      EXPECT_TRUE(submit(s, {jobs.back()}));
+    }
+    std::vector<Result> out;
+    for (auto& j : jobs) out.push_back(wait(j));
+    return out;
+  };
+  const std::vector<Result> one = run_all(1), three = run_all(3);
+  for (size_t i = 0; i < one.size(); ++i) {
+    EXPECT_EQ(three[i].last.error, "") << i;
+    EXPECT_EQ(three[i].text, one[i].text) << i;
+    EXPECT_EQ(three[i].last.completion_tokens, 24) << i;
+    std::vector<float> lp1, lp3;
+    for (const TokenEvent& ev : one[i].events)
+      for (const TokenLogprobs& t : ev.logprobs) lp1.push_back(t.chosen.logprob);
+    for (const TokenEvent& ev : three[i].events)
+      for (const TokenLogprobs& t : ev.logprobs) lp3.push_back(t.chosen.logprob);
+    EXPECT_EQ(lp3, lp1) << i;
+    if (i == 3) {
+      EXPECT_EQ(lp1.size(), 24u);
+    }
+  }
+}
+
 TEST_F(SchedulerTest, RequestsThatCanNeverFitThePoolAreRefused) {
   SchedulerOptions o;
   o.parallel = 2;
