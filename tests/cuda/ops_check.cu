@@ -65,6 +65,23 @@ std::vector<float> randn(size_t n, float sd = 1.0f) {
   return v;
 }
 
+// A KV cache's shape (data set by the caller): layers, kv heads, positions, head size, dtype.
+KvView kv_shape(int64_t layers, int64_t n_kv, int64_t n_ctx, int64_t D, bool f16) {
+  KvView kv;
+  kv.f16 = f16;
+  kv.n_layers = layers;
+  kv.n_kv_heads = n_kv;
+  kv.n_ctx = n_ctx;
+  kv.head_dim = D;
+  return kv;
+}
+
+// cudaFree of every pointer (nullptr allowed).
+template <typename... Ptrs>
+void free_all(Ptrs... ptrs) {
+  (cudaFree(const_cast<void*>(static_cast<const void*>(ptrs))), ...);
+}
+
 // Host quantization (the documented formula).
 void quantize_host(const float* x, int64_t cols, int64_t stride, int8_t* q, float* s, int32_t* sum) {
   float m = 0;
@@ -193,12 +210,7 @@ void check_norm(int64_t n, int64_t dim) {
 // ---- attention (+ rope + kv_store) ----
 void check_attention(int64_t n_heads, int64_t n_kv, int64_t D, int64_t n_ctx, int64_t pos0, int64_t n, bool f16) {
   const int64_t L = 2, layer = 1;
-  KvView kv;
-  kv.f16 = f16;
-  kv.n_layers = L;
-  kv.n_kv_heads = n_kv;
-  kv.n_ctx = n_ctx;
-  kv.head_dim = D;
+  KvView kv = kv_shape(L, n_kv, n_ctx, D, f16);
   const size_t kv_elems = static_cast<size_t>(2 * L * n_kv * n_ctx * D);
   // Earlier positions: random values written directly; the new n rows go through kv_store_rows.
   std::vector<float> kvf = randn(kv_elems);
@@ -550,12 +562,7 @@ void check_gemv_multi() {
 }
 
 void check_rope_kv(int64_t H, int64_t Hkv, int64_t D, int64_t n, bool f16) {
-  KvView kv;
-  kv.f16 = f16;
-  kv.n_layers = 2;
-  kv.n_kv_heads = Hkv;
-  kv.n_ctx = 64;
-  kv.head_dim = D;
+  const KvView kv = kv_shape(2, Hkv, 64, D, f16);
   const size_t elems = static_cast<size_t>(2 * 2 * Hkv * 64 * D) * (f16 ? 2 : 4);
   void* kv1 = dev_poison<uint8_t>(elems);
   void* kv2 = dev_poison<uint8_t>(elems);
@@ -574,22 +581,14 @@ void check_rope_kv(int64_t H, int64_t Hkv, int64_t D, int64_t n, bool f16) {
   expect(host(q1, q.size()) == host(q2, q.size()) && host(k1, k.size()) == host(k2, k.size()) &&
              host(static_cast<uint8_t*>(kv1), elems) == host(static_cast<uint8_t*>(kv2), elems),
          "rope_kv_store D " + std::to_string(D) + (f16 ? " f16" : " f32"));
-  for (void* p : {kv1, kv2, static_cast<void*>(q1), static_cast<void*>(q2), static_cast<void*>(k1),
-                  static_cast<void*>(k2), static_cast<void*>(dv), static_cast<void*>(dc), static_cast<void*>(ds),
-                  static_cast<void*>(pos)})
-    cudaFree(p);
+  free_all(kv1, kv2, q1, q2, k1, k2, dv, dc, ds, pos);
 }
 
 // attention_decode (RoPE, KV store and attention in one kernel, then the merge) against
 // rope_kv_store_rows + attention_rows on the same inputs: output, cache and (unrotated) q and k,
 // bit for bit.
 void check_attention_decode(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t pos, bool f16) {
-  KvView kv;
-  kv.f16 = f16;
-  kv.n_layers = 2;
-  kv.n_kv_heads = Hkv;
-  kv.n_ctx = n_ctx;
-  kv.head_dim = D;
+  const KvView kv = kv_shape(2, Hkv, n_ctx, D, f16);
   const std::string what = "attention_decode H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) + " D=" +
                            std::to_string(D) + " ctx=" + std::to_string(n_ctx) + " pos=" + std::to_string(pos) +
                            (f16 ? " f16" : " f32");
@@ -638,25 +637,15 @@ void check_attention_decode(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, in
   expect(host(out2, static_cast<size_t>(H * D)) == want, what + ": output differs");
   expect(host(static_cast<uint8_t*>(b.data), bytes) == want_cache, what + ": cache differs");
   expect(host(q2, q.size()) == q && host(k2, k.size()) == k, what + ": q or k was modified");
-  for (void* p : {b.data, static_cast<void*>(q2), static_cast<void*>(k2), static_cast<void*>(scratch2),
-                  static_cast<void*>(out2)})
-    cudaFree(p);
-  for (void* p : {a.data, static_cast<void*>(q1), static_cast<void*>(k1), static_cast<void*>(scratch1),
-                  static_cast<void*>(out1), static_cast<void*>(dc), static_cast<void*>(ds), static_cast<void*>(dv),
-                  static_cast<void*>(dpos)})
-    cudaFree(p);
+  free_all(b.data, q2, k2, scratch2, out2);
+  free_all(a.data, q1, k1, scratch1, out1, dc, ds, dv, dpos);
 }
 
 // A multi-sequence pass: S rows, each of its own cache and position (RowSeq), through
 // attention_decode and through rope_kv_store_rows + attention_rows, against each row run alone
 // (n = 1): outputs and caches bit for bit.
 void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t S, bool f16) {
-  KvView kv;
-  kv.f16 = f16;
-  kv.n_layers = 2;
-  kv.n_kv_heads = Hkv;
-  kv.n_ctx = n_ctx;
-  kv.head_dim = D;
+  const KvView kv = kv_shape(2, Hkv, n_ctx, D, f16);
   const std::string what = "multi-sequence attention S=" + std::to_string(S) + " D=" + std::to_string(D) +
                            " ctx=" + std::to_string(n_ctx) + (f16 ? " f16" : " f32");
   const size_t elems = static_cast<size_t>(2 * 2 * Hkv * n_ctx * D), bytes = elems * (f16 ? 2 : 4);
@@ -706,9 +695,7 @@ void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int
     const std::vector<float> o = host(out, hd);
     std::copy(o.begin(), o.end(), want.begin() + i * hd);
     want_cache.push_back(host(static_cast<uint8_t*>(a.data), bytes));
-    for (void* p : {a.data, static_cast<void*>(dq), static_cast<void*>(dk), static_cast<void*>(dv),
-                    static_cast<void*>(dp), static_cast<void*>(scratch), static_cast<void*>(out)})
-      cudaFree(p);
+    free_all(a.data, dq, dk, dv, dp, scratch, out);
   }
   for (bool fused : {true, false}) {
     std::vector<RowSeq> rows(static_cast<size_t>(S));
@@ -739,9 +726,7 @@ void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int
                                      want_cache[static_cast<size_t>(i)];
     expect(same_cache, w + ": a cache differs");
     for (void* p : bufs) cudaFree(p);
-    for (void* p : {static_cast<void*>(drows), static_cast<void*>(dq), static_cast<void*>(dk), static_cast<void*>(dv),
-                    static_cast<void*>(scratch), static_cast<void*>(out)})
-      cudaFree(p);
+    free_all(drows, dq, dk, dv, scratch, out);
   }
   cudaFree(dc);
   cudaFree(ds);

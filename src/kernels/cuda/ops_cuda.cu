@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "kernels/cuda/device_inline.cuh"
 #include "kernels/cuda/ternary_gemv_cuda.h"
 
 namespace onebit::cuda {
@@ -64,17 +65,6 @@ int blocks_for(int64_t count, int threads) {
 // grid has completed and its memory is visible; since every grid waits for its predecessor before
 // it can complete, the chain is transitive. Without the launch attribute (or below sm_90) both are
 // no-ops.
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 bool g_pdl = false;
 
 #define TRY_LAUNCH(...)                                  \
@@ -896,13 +886,6 @@ constexpr int kHeadTokens = 8;
 constexpr int kHeadThreads = 256;
 constexpr int kHeadLoads = 8;
 
-__device__ __forceinline__ uint4 load_stream16(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
 
 template <typename T>
 struct Vec16 {

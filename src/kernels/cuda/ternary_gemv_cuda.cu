@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda/device_inline.cuh"
+
 namespace onebit::cuda {
 
 std::vector<uint8_t> repack_for_cuda(const int8_t* codes, int64_t rows, int64_t cols) {
@@ -86,13 +88,6 @@ __device__ __forceinline__ int dp4a_us(unsigned a, int b, int c) {
   return d;
 }
 
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
 
 // Four accumulators, field i scaled by 4^i (the fields are masked, not shifted down).
 __device__ __forceinline__ void dot_word(unsigned w, int4 x, int& a0, int& a1, int& a2, int& a3) {
@@ -150,24 +145,20 @@ __global__ void __launch_bounds__(1024) gemv_kernel(GemvSet set, int K, const in
   const uint4* wg = w + static_cast<size_t>(group) * K * kRowsPerGroup + rr;
   const int stride = 4 * nwarps;
   const int k0 = 4 * warp + kk;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (kPdl) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
+  if constexpr (kPdl) pdl_trigger();
   uint4 pre[kPrefetch];
 #pragma unroll
   for (int t = 0; t < kPrefetch; ++t) {
     const int k = k0 + t * stride;
-    if (k < K) pre[t] = load_stream(wg + static_cast<size_t>(k) * kRowsPerGroup);
+    if (k < K) pre[t] = load_stream16(wg + static_cast<size_t>(k) * kRowsPerGroup);
   }
   // Row scales are constants like the weights: load them before the wait too; the activation
   // scale and sum right after it, so no dependent memory round trip is left after the reduction.
   const int row = group * kRowsPerGroup + static_cast<int>(threadIdx.x);
   const bool writer = threadIdx.x < kRowsPerGroup && row < rows;
   const float rsc = writer ? __ldg(row_scale + row) : 0.0f;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Weights never change; activations (q, scale, qsum) come from the previous kernel.
-  if constexpr (kPdl) asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+  if constexpr (kPdl) pdl_wait();
   float act_scale = 1.0f;
   int act_sum = 0;
   if (writer) {
@@ -185,7 +176,7 @@ __global__ void __launch_bounds__(1024) gemv_kernel(GemvSet set, int K, const in
 #pragma unroll
     for (int t = 0; t < kPrefetch; ++t) {
       const int k = kb + t * stride;
-      if (k < K) v[t] = load_stream(wg + static_cast<size_t>(k) * kRowsPerGroup);
+      if (k < K) v[t] = load_stream16(wg + static_cast<size_t>(k) * kRowsPerGroup);
     }
 #pragma unroll
     for (int t = 0; t < kPrefetch; ++t) {

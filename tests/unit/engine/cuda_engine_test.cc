@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <functional>
 
+#include "batch_check.h"
 #include "bitnet_testdata.h"
 #include "core/base/error.h"
 #include "core/formats/model_loader.h"
@@ -176,41 +177,20 @@ TEST(CudaEngine, DefaultModelMatchesCpu) {
 TEST(CudaEngine, DecodeBatchEqualsOneSessionAtATime) {
   SKIP_WITHOUT_CUDA();
   auto m = default_model();
+  using testing::batch_ids;
+  std::vector<std::vector<std::vector<int32_t>>> rounds = {
+      {batch_ids(5, 1), batch_ids(23, 2), batch_ids(1, 3), batch_ids(40, 4), batch_ids(70, 5)},
+      {batch_ids(1, 5), batch_ids(1, 6), batch_ids(17, 7), batch_ids(1, 8), batch_ids(1, 9)},
+  };
+  for (int r = 0; r < 12; ++r)
+    rounds.push_back({batch_ids(1, 10 + r), batch_ids(1, 30 + r), batch_ids(1, 50 + r), batch_ids(1, 70 + r),
+                      batch_ids(1, 90 + r)});
   for (KvDtype kv : {KvDtype::kF32, KvDtype::kF16}) {
     EngineOptions o = cuda_opts(256);
     o.n_batch = 16;
     o.kv_dtype = kv;
     auto e = Engine::load(*m, o);
-    constexpr int kSeqs = 5;
-    std::vector<std::unique_ptr<Session>> batched, alone;
-    for (int i = 0; i < kSeqs; ++i) {
-      batched.push_back(e->new_session());
-      alone.push_back(e->new_session());
-    }
-    auto ids = [](int n, int seed) {
-      std::vector<int32_t> v;
-      for (int i = 0; i < n; ++i) v.push_back(3 + (i * 131 + seed * 977) % 4000);
-      return v;
-    };
-    std::vector<std::vector<std::vector<int32_t>>> rounds = {
-        {ids(5, 1), ids(23, 2), ids(1, 3), ids(40, 4), ids(70, 5)},
-        {ids(1, 5), ids(1, 6), ids(17, 7), ids(1, 8), ids(1, 9)},
-    };
-    for (int r = 0; r < 12; ++r) rounds.push_back({ids(1, 10 + r), ids(1, 30 + r), ids(1, 50 + r), ids(1, 70 + r),
-                                                    ids(1, 90 + r)});
-    int round = 0;
-    for (const auto& rd : rounds) {
-      std::vector<BatchItem> items;
-      for (int i = 0; i < kSeqs; ++i) items.push_back({batched[i].get(), rd[i], {}});
-      e->decode_batch(items);
-      for (int i = 0; i < kSeqs; ++i) {
-        const std::vector<float> want = copy(alone[i]->decode(rd[i]));
-        EXPECT_EQ(max_abs_diff(items[i].logits, want), 0.0)
-            << "round " << round << ", session " << i << ", kv " << kv_dtype_name(kv);
-        EXPECT_EQ(batched[i]->n_past(), alone[i]->n_past());
-      }
-      ++round;
-    }
+    testing::expect_batch_equals_alone(*e, rounds, std::string("cuda, kv ") + std::string(kv_dtype_name(kv)));
   }
 }
 
@@ -224,28 +204,10 @@ TEST(CudaEngine, DecodeBatchArgmaxOnTheDevice) {
     o.n_batch = 16;
     o.lm_head = head;
     auto e = Engine::load(*m, o);
-    constexpr int kSeqs = 12;  // > 8 logit rows: the int8 head's tensor-core path
-    std::vector<std::unique_ptr<Session>> g, l;
-    std::vector<std::vector<int32_t>> next;
-    for (int i = 0; i < kSeqs; ++i) {
-      g.push_back(e->new_session());
-      l.push_back(e->new_session());
-      next.push_back({static_cast<int32_t>(5 + 37 * i), static_cast<int32_t>(900 + i)});
-    }
-    for (int step = 0; step < 8; ++step) {
-      std::vector<BatchItem> gi, li;
-      for (int i = 0; i < kSeqs; ++i) {
-        gi.push_back({g[i].get(), next[i], {}});
-        li.push_back({l[i].get(), next[i], {}});
-      }
-      e->decode_batch(gi, BatchOutput::kArgmax);
-      e->decode_batch(li);
-      for (int i = 0; i < kSeqs; ++i) {
-        EXPECT_EQ(gi[i].argmax, argmax(li[i].logits)) << "step " << step << ", session " << i << ", head "
-                                                      << lm_head_name(head);
-        next[i] = {argmax(li[i].logits)};
-      }
-    }
+    std::vector<std::vector<int32_t>> first;
+    for (int i = 0; i < 12; ++i)  // > 8 logit rows: the int8 head's tensor-core path
+      first.push_back({static_cast<int32_t>(5 + 37 * i), static_cast<int32_t>(900 + i)});
+    testing::expect_batch_argmax_matches(*e, first, 8, std::string("cuda, head ") + std::string(lm_head_name(head)));
   }
 }
 
