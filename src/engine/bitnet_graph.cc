@@ -99,7 +99,8 @@ void BitnetGraph::forward(GraphState& st, const KvCacheView& kv, std::span<const
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n <= 0 || n > st.n_batch_) fail("forward: {} tokens for a batch of at most {}", n, st.n_batch_);
   Backend& be = be_;
-  be.begin_forward(tokens, pos0);
+  const SeqRows one{&kv, pos0, n};
+  be.begin_forward_multi(tokens, std::span(&one, 1));  // with the KV view (a GPU copies its block table)
   auto ops = [&] { run_ops(st, kv, tokens, pos0, all_logits, logits, hidden_out); };
   // One-token steps (decode) may be recorded and replayed (CUDA graphs); hidden-state reads are rare.
   if (n == 1 && hidden_out == nullptr)

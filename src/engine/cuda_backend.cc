@@ -79,6 +79,8 @@ class CudaBackend final : public Backend {
     cudaFreeHost(h_params_);
     cudaFree(d_rows_);
     cudaFreeHost(h_rows_);
+    for (auto& [k, t] : tables_) cudaFree(t.d);
+    cudaFreeHost(h_tab_);
     cudaFree(attn_scratch_);
     cudaFree(d_logits_);
     cudaFree(d_ids_);
@@ -91,6 +93,12 @@ class CudaBackend final : public Backend {
   std::string_view name() const override { return "cuda"; }
   size_t weight_bytes() const override { return weight_bytes_; }
   bool supports_multi_sequence() const override { return true; }
+  // Paged: the pool is device memory; each sequence's block table is copied to a device buffer of
+  // its own before every pass (begin_forward_multi), so recorded graphs read the current one.
+  bool supports_paged_kv() const override { return true; }
+  void kv_copy_block(const KvCacheView& kv, int32_t src, int32_t dst, int64_t n) override {
+    check(cuda::kv_copy_block(view(kv), src, dst, n, stream_), "kv_copy_block");
+  }
 
   // ---- weights ----
   WeightHandle add_ternary(const Tensor& t) override {
@@ -264,7 +272,11 @@ class CudaBackend final : public Backend {
   // Several sequences: besides the ids, one RowSeq (cache, position) per row goes to the device;
   // the position-dependent kernels of the pass (rope_kv_attention_multi) read them there.
   void begin_forward_multi(std::span<const int32_t> tokens, std::span<const SeqRows> seqs) override {
-    if (seqs.size() == 1) return begin_forward(tokens, seqs.front().pos0);
+    if (seqs.size() == 1) {
+      begin_forward(tokens, seqs.front().pos0);  // synchronizes: the staging buffers are free
+      upload_tables(seqs);
+      return;
+    }
     const int64_t n = static_cast<int64_t>(tokens.size());
     if (n > kMaxPassTokens) fail("cuda backend: {} tokens in one pass, at most {}", n, kMaxPassTokens);
     check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
@@ -273,14 +285,20 @@ class CudaBackend final : public Backend {
       const KvCacheView& kv = *sq.kv;
       const KvCacheView& k0 = *seqs.front().kv;
       if (kv.dtype != k0.dtype || kv.n_layers != k0.n_layers || kv.n_kv_heads != k0.n_kv_heads ||
-          kv.n_ctx != k0.n_ctx || kv.head_dim != k0.head_dim)
+          kv.n_ctx != k0.n_ctx || kv.head_dim != k0.head_dim || kv.positions_per_block() != k0.positions_per_block() ||
+          kv.n_blocks != k0.n_blocks)
         fail("cuda backend: the sequences of one pass have KV caches of different shapes");
       if (sq.pos0 < 0 || sq.n <= 0 || sq.pos0 + sq.n > kv.n_ctx || sq.pos0 + sq.n > n_pos_)
         fail("cuda backend: positions [{}, {}) beyond the context ({})", sq.pos0, sq.pos0 + sq.n, kv.n_ctx);
       if (r + sq.n > n) fail("cuda backend: the sequences cover more rows than the {} tokens of the pass", n);
-      for (int64_t j = 0; j < sq.n; ++j, ++r) h_rows_[r] = cuda::RowSeq{kv.data, static_cast<int32_t>(sq.pos0 + j), sq.n > 1 ? 1 : 0};
+      for (int64_t j = 0; j < sq.n; ++j, ++r)
+        h_rows_[r] = cuda::RowSeq{kv.data, nullptr, static_cast<int32_t>(sq.pos0 + j), sq.n > 1 ? 1 : 0};
     }
     if (r != n) fail("cuda backend: the sequences cover {} rows of {}", r, n);
+    upload_tables(seqs);
+    r = 0;
+    for (const SeqRows& sq : seqs)
+      for (int64_t j = 0; j < sq.n; ++j, ++r) h_rows_[r].table = device_table(*sq.kv);
     h_params_[0] = 0;
     std::memcpy(h_params_ + 1, tokens.data(), static_cast<size_t>(n) * 4);
     check(cudaMemcpyAsync(d_params_, h_params_, static_cast<size_t>(n + 1) * 4, cudaMemcpyHostToDevice, stream_),
@@ -553,7 +571,7 @@ class CudaBackend final : public Backend {
       fail("cuda backend: positions [{}, {}) asked in a pass at [{}, {})", pos0, pos0 + n, cur_pos_, cur_pos_ + cur_n_);
   }
 
-  static cuda::KvView view(const KvCacheView& kv) {
+  cuda::KvView view(const KvCacheView& kv) const {
     cuda::KvView v;
     v.data = kv.data;
     v.f16 = kv.dtype == KvDtype::kF16;
@@ -561,7 +579,59 @@ class CudaBackend final : public Backend {
     v.n_kv_heads = kv.n_kv_heads;
     v.n_ctx = kv.n_ctx;
     v.head_dim = kv.head_dim;
+    v.block_size = kv.positions_per_block();
+    v.n_blocks = kv.n_blocks;
+    v.table = device_table(kv);
     return v;
+  }
+
+  // The device copy of a sequence's block table (nullptr for a view without one). It is made and
+  // filled by upload_tables at the start of the pass; its address never changes afterwards.
+  const int32_t* device_table(const KvCacheView& kv) const {
+    if (kv.block_table == nullptr) return nullptr;
+    const auto it = tables_.find(kv.block_table);
+    if (it == tables_.end()) fail("cuda backend: a KV block table that was not given at the start of the pass");
+    return it->second.d;
+  }
+
+  // Copies the block tables of the pass's sequences to their device buffers (one page-locked
+  // staging area, copies in stream order before the pass's kernels).
+  void upload_tables(std::span<const SeqRows> seqs) {
+    size_t total = 0;
+    for (const SeqRows& sq : seqs) total += static_cast<size_t>(sq.kv->block_table_size);
+    if (total > h_tab_cap_) {
+      cudaFreeHost(h_tab_);
+      h_tab_ = nullptr;
+      h_tab_cap_ = 0;
+      check(cudaMallocHost(&h_tab_, std::max<size_t>(total, 1024) * 4), "cudaMallocHost");
+      h_tab_cap_ = std::max<size_t>(total, 1024);
+    }
+    size_t at = 0;
+    for (const SeqRows& sq : seqs) {
+      const KvCacheView& kv = *sq.kv;
+      if (kv.block_table == nullptr) continue;
+      const int64_t bs = kv.positions_per_block();
+      const size_t cap = static_cast<size_t>((kv.n_ctx + bs - 1) / bs);
+      if (static_cast<size_t>(kv.block_table_size) > cap)
+        fail("cuda backend: a block table of {} blocks for a context of {}", kv.block_table_size, cap);
+      DevTable& t = tables_[kv.block_table];
+      if (t.cap < cap) {
+        if (capturing_) fail("cuda backend: a block table grows while recording a graph");
+        if (t.d != nullptr) {  // recordings may hold the old buffer
+          drop_graphs();
+          cudaStreamSynchronize(stream_);
+          cudaFree(t.d);
+          t = {};
+        }
+        check(cudaMalloc(&t.d, cap * 4), "cudaMalloc (block table)");
+        t.cap = cap;
+      }
+      const size_t n = static_cast<size_t>(kv.block_table_size);
+      if (n == 0) continue;
+      std::memcpy(h_tab_ + at, kv.block_table, n * 4);
+      check(cudaMemcpyAsync(t.d, h_tab_ + at, n * 4, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync (block table)");
+      at += n;
+    }
   }
   const DevTernary& tw(WeightHandle h) const {
     if (h.id < 0 || static_cast<size_t>(h.id) >= ternary_.size()) fail("cuda backend: bad ternary weight handle {}", h.id);
@@ -593,6 +663,13 @@ class CudaBackend final : public Backend {
   int64_t cur_n_ = 0, cur_pos_ = 0;
   bool multi_ = false;       // the pass holds several sequences (begin_forward_multi)
   int64_t multi_seqs_ = 0;
+  struct DevTable {
+    int32_t* d = nullptr;
+    size_t cap = 0;
+  };
+  std::map<const int32_t*, DevTable> tables_;  // by the host table's address (a session's, stable)
+  int32_t* h_tab_ = nullptr;                   // page-locked staging of the tables of a pass
+  size_t h_tab_cap_ = 0;
   cuda::RowSeq* d_rows_ = nullptr;  // per row of a multi-sequence pass: its cache and position
   cuda::RowSeq* h_rows_ = nullptr;  // page-locked staging of the same
   float* attn_scratch_ = nullptr;

@@ -732,6 +732,106 @@ void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int
   cudaFree(ds);
 }
 
+// The same cache contiguous and paged (blocks of bs positions in a pool with spare blocks, in a
+// shuffled order through a device block table): RoPE + KV store + attention give the same bits,
+// for a decode row (attention_decode) and for prefill rows (rope_kv_store_rows + attention_rows),
+// and the new rows land in the right slots; kv_copy_block copies the first n rows of a block.
+void check_attention_paged(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t bs, int64_t pos, int64_t n,
+                           bool f16) {
+  const int64_t L = 2, nb_seq = (n_ctx + bs - 1) / bs, nb = nb_seq + 3;
+  const std::string what = "paged attention bs=" + std::to_string(bs) + " pos=" + std::to_string(pos) + " n=" +
+                           std::to_string(n) + (f16 ? " f16" : " f32");
+  const size_t es = f16 ? 2 : 4, row = static_cast<size_t>(D) * es;
+  // Contiguous cache bytes, random.
+  std::vector<uint8_t> flat(static_cast<size_t>(2 * L * Hkv * n_ctx) * row);
+  {
+    const std::vector<float> f = randn(flat.size() / es);
+    for (size_t e = 0; e < f.size(); ++e) {
+      if (f16) {
+        const __half h = __float2half_rn(f[e]);
+        std::memcpy(&flat[e * 2], &h, 2);
+      } else {
+        std::memcpy(&flat[e * 4], &f[e], 4);
+      }
+    }
+  }
+  std::vector<int32_t> table(static_cast<size_t>(nb_seq));
+  std::vector<int32_t> perm(static_cast<size_t>(nb));
+  for (int32_t i = 0; i < nb; ++i) perm[static_cast<size_t>(i)] = i;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  for (int64_t i = 0; i < nb_seq; ++i) table[static_cast<size_t>(i)] = perm[static_cast<size_t>(i)];
+  std::vector<uint8_t> pool(static_cast<size_t>(2 * L * nb * Hkv * bs) * row, 0x5a);  // junk in unused slots
+  auto flat_at = [&](int64_t w, int64_t l, int64_t h, int64_t p) { return (((w * L + l) * Hkv + h) * n_ctx + p) * row; };
+  auto pool_at = [&](int64_t w, int64_t l, int64_t h, int64_t p) {
+    const int64_t blk = table[static_cast<size_t>(p / bs)];
+    return ((((w * L + l) * nb + blk) * Hkv + h) * bs + p % bs) * row;
+  };
+  for (int64_t w = 0; w < 2; ++w)
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t h = 0; h < Hkv; ++h)
+        for (int64_t p = 0; p < n_ctx; ++p)
+          std::memcpy(&pool[pool_at(w, l, h, p)], &flat[flat_at(w, l, h, p)], row);
+  KvView a = kv_shape(L, Hkv, n_ctx, D, f16), b = a;
+  a.data = dev(flat);
+  b.data = dev(pool);
+  b.block_size = bs;
+  b.n_blocks = nb;
+  int32_t* dtable = dev(table);
+  b.table = dtable;
+  const std::vector<float> q = randn(static_cast<size_t>(n * H * D)), k = randn(static_cast<size_t>(n * Hkv * D)),
+                           v = randn(static_cast<size_t>(n * Hkv * D));
+  std::vector<float> ct(static_cast<size_t>(n_ctx * D / 2)), st(ct.size());
+  for (size_t i = 0; i < ct.size(); ++i) {
+    const double ang = std::uniform_real_distribution<double>(-3.2, 3.2)(rng);
+    ct[i] = float(std::cos(ang));
+    st[i] = float(std::sin(ang));
+  }
+  float *dc = dev(ct), *ds = dev(st), *dv = dev(v);
+  int32_t* dpos = dev(std::vector<int32_t>{static_cast<int32_t>(pos)});
+  const size_t sfl = attention_scratch_floats(n_ctx, n, H, D);
+  std::vector<float> outs[2];
+  for (int which = 0; which < 2; ++which) {
+    const KvView& kv = which == 0 ? a : b;
+    float *dq = dev(q), *dk = dev(k);
+    float* scratch = sfl ? dev_poison<float>(sfl) : nullptr;
+    float* out = dev_poison<float>(static_cast<size_t>(n * H * D));
+    if (n == 1) {
+      CK(attention_decode(kv, 1, dq, dk, dv, 1, H, dc, ds, dpos, nullptr, scratch, out, nullptr));
+    } else {
+      CK(rope_kv_store_rows(dq, dk, dv, n, H, kv, 1, dc, ds, dpos, nullptr));
+      CK(attention_rows(kv, 1, dq, n, H, dpos, scratch, out, nullptr));
+    }
+    outs[which] = host(out, static_cast<size_t>(n * H * D));
+    free_all(dq, dk, scratch, out);
+  }
+  expect(outs[0] == outs[1], what + ": output differs from the contiguous cache");
+  const std::vector<uint8_t> fa = host(static_cast<uint8_t*>(a.data), flat.size()),
+                             pb = host(static_cast<uint8_t*>(b.data), pool.size());
+  int64_t bad = 0;
+  for (int64_t w = 0; w < 2; ++w)
+    for (int64_t h = 0; h < Hkv; ++h)
+      for (int64_t p = pos; p < pos + n; ++p)
+        bad += std::memcmp(&fa[flat_at(w, 1, h, p)], &pb[pool_at(w, 1, h, p)], row) != 0;
+  expect(bad == 0, what + ": " + std::to_string(bad) + " stored rows differ");
+  // kv_copy_block: the first m rows of the sequence's first block into a spare block.
+  const int64_t m = bs > 1 ? bs - 1 : 1;
+  const int32_t spare = perm[static_cast<size_t>(nb - 1)];
+  CK(kv_copy_block(b, table[0], spare, m, nullptr));
+  const std::vector<uint8_t> pc = host(static_cast<uint8_t*>(b.data), pool.size());
+  bad = 0;
+  for (int64_t w = 0; w < 2; ++w)
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t h = 0; h < Hkv; ++h)
+        for (int64_t slot = 0; slot < bs; ++slot) {
+          const size_t src = ((((w * L + l) * nb + table[0]) * Hkv + h) * bs + slot) * row;
+          const size_t dst = ((((w * L + l) * nb + spare) * Hkv + h) * bs + slot) * row;
+          const bool copied = slot < m;
+          bad += (std::memcmp(&pc[dst], &(copied ? pc : pb)[copied ? src : dst], row) != 0);
+        }
+  expect(bad == 0, what + ": kv_copy_block, " + std::to_string(bad) + " rows wrong");
+  free_all(a.data, b.data, dtable, dc, ds, dv, dpos);
+}
+
 }  // namespace
 
 int main() {
@@ -790,6 +890,10 @@ int main() {
     check_attention_multi(20, 5, 128, 1024, 7, f16);
     check_attention_multi(8, 2, 64, 512, 33, f16);
     check_attention_multi(8, 2, 64, 64, 3, f16);
+    for (int64_t pos : {0, 15, 16, 100, 1000}) check_attention_paged(20, 5, 128, 1024, 16, pos, 1, f16);
+    check_attention_paged(8, 2, 64, 512, 16, 33, 40, f16);
+    check_attention_paged(8, 2, 64, 512, 5, 200, 1, f16);
+    check_attention_paged(4, 2, 16, 64, 7, 10, 5, f16);  // the generic kernel (head size 16)
   }
   if (failures != 0) {
     std::printf("ops_check: %d FAILED\n", failures);

@@ -397,8 +397,25 @@ __device__ __forceinline__ int row_pos(const RowSeq* rows, const int32_t* pos0, 
   return rows != nullptr ? rows[i].pos : *pos0 + i;
 }
 
+// Element offset of (K or V, layer, kv head, position) in a (paged) cache: position p lives in slot
+// p % bs of pool block table[p / bs] (the identity without a table; one block of n_ctx positions
+// when block_size is 0, which is the contiguous layout).
+// (Called per key inside the attention loops: a power-of-two block size, the default 16, takes a
+// shift and a mask instead of a division.)
 __device__ __forceinline__ size_t kv_off(const KvView& kv, int which, int64_t layer, int64_t head, int64_t pos) {
-  return static_cast<size_t>((((which * kv.n_layers + layer) * kv.n_kv_heads + head) * kv.n_ctx + pos) * kv.head_dim);
+  const int bs = static_cast<int>(kv.block_size > 0 ? kv.block_size : kv.n_ctx);
+  const int p = static_cast<int>(pos);
+  int lb, slot;
+  if ((bs & (bs - 1)) == 0) {
+    lb = p >> (__ffs(bs) - 1);
+    slot = p & (bs - 1);
+  } else {
+    lb = p / bs;
+    slot = p - lb * bs;
+  }
+  const int64_t blk = kv.table != nullptr ? kv.table[lb] : lb;
+  return static_cast<size_t>(
+      ((((which * kv.n_layers + layer) * kv.n_blocks + blk) * kv.n_kv_heads + head) * bs + slot) * kv.head_dim);
 }
 
 __global__ void kv_store_kernel(KvView kv, int64_t layer, const float* __restrict__ k, const float* __restrict__ v,
@@ -426,7 +443,10 @@ __global__ void rope_kv_kernel(float* __restrict__ q, float* __restrict__ k, con
   pdl_wait();
   const int i = blockIdx.x, y = blockIdx.y, D = static_cast<int>(kv.head_dim), half = D / 2;
   const int64_t pos = row_pos(rows, pos0, i);
-  if (rows != nullptr) kv.data = rows[i].kv;
+  if (rows != nullptr) {
+    kv.data = rows[i].kv;
+    kv.table = rows[i].table;
+  }
   const int hkv = static_cast<int>(kv.n_kv_heads);
   float* row = y < n_heads ? q + (static_cast<int64_t>(i) * n_heads + y) * D
                            : k + (static_cast<int64_t>(i) * hkv + (y - n_heads)) * D;
@@ -495,7 +515,10 @@ __global__ void __launch_bounds__(kAttnThreads)
   const int chunk = split_chunk(n_keys, row_splits(rows, i, splits));
   const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk);
   if (k0 >= n_keys) return;  // beyond the active splits (the merge skips them too)
-  if (rows != nullptr) kv.data = rows[i].kv;
+  if (rows != nullptr) {
+    kv.data = rows[i].kv;
+    kv.table = rows[i].table;
+  }
   const float scale = 1.0f / sqrtf(static_cast<float>(D));
   for (int e = tid; e < G * D; e += kAttnThreads)
     qs[e] = q[(static_cast<int64_t>(i) * n_heads + h0) * D + e];
@@ -507,14 +530,13 @@ __global__ void __launch_bounds__(kAttnThreads)
 #pragma unroll
   for (int o = 0; o < kAttnOut; ++o) acc[o] = 0.0f;
   __syncthreads();
-  const size_t kbase = kv_off(kv, 0, layer, hk, 0), vbase = kv_off(kv, 1, layer, hk, 0);
   for (int t0 = k0; t0 < k1; t0 += kAttnThreads) {
     const int key = t0 + tid;
     float sc[kAttnMaxG];
 #pragma unroll
     for (int g = 0; g < kAttnMaxG; ++g) sc[g] = 0.0f;
     if (key < k1) {
-      const size_t off = kbase + static_cast<size_t>(key) * D;
+      const size_t off = kv_off(kv, 0, layer, hk, key);
       for (int d = 0; d < D; ++d) {
         const float kd = kv_at<kF16>(kv.data, off + d);
 #pragma unroll
@@ -546,8 +568,7 @@ __global__ void __launch_bounds__(kAttnThreads)
       if (e < G * D) {
         const int g = e / D, d = e % D;
         float a = acc[o] * corr[g];
-        const size_t off = vbase + static_cast<size_t>(t0) * D + d;
-        for (int j = 0; j < nk; ++j) a = fmaf(ps[g][j], kv_at<kF16>(kv.data, off + static_cast<size_t>(j) * D), a);
+        for (int j = 0; j < nk; ++j) a = fmaf(ps[g][j], kv_at<kF16>(kv.data, kv_off(kv, 1, layer, hk, t0 + j) + d), a);
         acc[o] = a;
       }
     }
@@ -663,7 +684,10 @@ __global__ void __launch_bounds__(kAttnThreads)
   const int chunk = split_chunk(n_keys, row_splits(rows, i, splits));
   const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk);
   if (k0 >= n_keys) return;  // beyond the active splits (the merge skips them too)
-  if (rows != nullptr) kv.data = rows[i].kv;
+  if (rows != nullptr) {
+    kv.data = rows[i].kv;
+    kv.table = rows[i].table;
+  }
   const float scale = 1.0f / sqrtf(static_cast<float>(D));
   if (fuse.k != nullptr) {
     constexpr int half = D / 2;
@@ -706,14 +730,13 @@ __global__ void __launch_bounds__(kAttnThreads)
 #pragma unroll
     for (int d = 0; d < DPL; ++d) acc[g][d] = 0.0f;
   __syncthreads();
-  const size_t kbase = kv_off(kv, 0, layer, hk, 0), vbase = kv_off(kv, 1, layer, hk, 0);
   for (int t0 = k0; t0 < k1; t0 += kAttnThreads) {
     const int key = t0 + tid;
     float sc[kAttnMaxG];
 #pragma unroll
     for (int g = 0; g < kAttnMaxG; ++g) sc[g] = 0.0f;
     if (key < k1) {
-      const size_t off = kbase + static_cast<size_t>(key) * D;
+      const size_t off = kv_off(kv, 0, layer, hk, key);
 #pragma unroll 4
       for (int d0 = 0; d0 < D; d0 += 8) {
         float kd[8];
@@ -792,7 +815,7 @@ __global__ void __launch_bounds__(kAttnThreads)
 #pragma unroll 4
     for (int j = warp; j < nk; j += kWarps) {
       float vv[DPL];
-      KvVec<DPL>::load(kv.data, vbase + static_cast<size_t>(t0 + j) * D + lane * DPL, kv.f16, vv);
+      KvVec<DPL>::load(kv.data, kv_off(kv, 1, layer, hk, t0 + j) + lane * DPL, kv.f16, vv);
 #pragma unroll
       for (int g = 0; g < kAttnMaxG; ++g)
         if (g < G) {
@@ -1320,6 +1343,23 @@ cudaError_t attention_rows(KvView kv, int64_t layer, const float* q, int64_t n, 
   }
   if (splits == 1) return cudaSuccess;
   return launch_attention_merge(kv, n, n_heads, splits, pos0, rows, scratch, out, stream);
+}
+
+cudaError_t kv_copy_block(const KvView& kv, int32_t src, int32_t dst, int64_t n, cudaStream_t stream) {
+  const int64_t bs = kv.block_size > 0 ? kv.block_size : kv.n_ctx;
+  if (src < 0 || dst < 0 || src >= kv.n_blocks || dst >= kv.n_blocks || n < 0 || n > bs) return cudaErrorInvalidValue;
+  if (n == 0 || src == dst) return cudaSuccess;
+  const size_t es = kv.f16 ? 2 : 4, row = static_cast<size_t>(kv.head_dim) * es, head = static_cast<size_t>(bs) * row;
+  // Per (K|V, layer) a block holds n_kv_heads runs of bs rows: copy the first n rows of each.
+  for (int64_t wl = 0; wl < 2 * kv.n_layers; ++wl) {
+    const size_t base = static_cast<size_t>(wl * kv.n_blocks) * static_cast<size_t>(kv.n_kv_heads) * head;
+    char* d = static_cast<char*>(kv.data) + base + static_cast<size_t>(dst) * static_cast<size_t>(kv.n_kv_heads) * head;
+    const char* s = static_cast<const char*>(kv.data) + base + static_cast<size_t>(src) * static_cast<size_t>(kv.n_kv_heads) * head;
+    const cudaError_t e = cudaMemcpy2DAsync(d, head, s, head, static_cast<size_t>(n) * row,
+                                            static_cast<size_t>(kv.n_kv_heads), cudaMemcpyDeviceToDevice, stream);
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
 }
 
 bool attention_decode_fusable(const KvView& kv, int64_t n_heads) {

@@ -70,11 +70,18 @@ cudaError_t ternary_gemm(const uint8_t* w, const float* row_scale, int64_t rows,
 cudaError_t rope_rows(float* x, int64_t n, int64_t n_heads, int64_t head_dim, const float* cos_t,
                       const float* sin_t, const int32_t* pos0, cudaStream_t stream);
 
-// KV cache [2][n_layers][n_kv_heads][n_ctx][head_dim] of fp32 (f16 = false) or fp16 (f16 = true).
+// KV cache of fp32 (f16 = false) or fp16 (f16 = true) values, paged: a pool of n_blocks blocks of
+// block_size positions laid out [2][n_layers][n_blocks][n_kv_heads][block_size][head_dim];
+// position p of a sequence is slot p % block_size of pool block table[p / block_size] (`table`
+// in device memory; nullptr = block i is pool block i). block_size 0 means n_ctx, so n_blocks = 1
+// and no table is the contiguous cache [2][n_layers][n_kv_heads][n_ctx][head_dim].
 struct KvView {
   void* data = nullptr;
   bool f16 = false;
   int64_t n_layers = 0, n_kv_heads = 0, n_ctx = 0, head_dim = 0;
+  int64_t block_size = 0;
+  int64_t n_blocks = 1;
+  const int32_t* table = nullptr;
 };
 
 // A multi-sequence pass (continuous batching): row i of the pass belongs to the sequence whose
@@ -85,9 +92,13 @@ struct KvView {
 // then keeps their keys in one split, as a one-sequence pass does, so they get the same bits.
 struct RowSeq {
   void* kv = nullptr;
+  const int32_t* table = nullptr;  // the sequence's block table (device), as KvView::table
   int32_t pos = 0;
   int32_t one_split = 0;
 };
+
+// Copies positions [0, n) of pool block `src` to pool block `dst`, every layer and kv head.
+cudaError_t kv_copy_block(const KvView& kv, int32_t src, int32_t dst, int64_t n, cudaStream_t stream);
 
 // Stores k and v rows [n][n_kv_heads*head_dim] at positions *pos0 .. *pos0 + n - 1 of `layer`.
 cudaError_t kv_store_rows(KvView kv, int64_t layer, const float* k, const float* v, int64_t n, const int32_t* pos0,
