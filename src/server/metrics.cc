@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <utility>
 
 namespace onebit::server {
@@ -51,6 +52,13 @@ void histogram(std::string* out, std::string_view name, std::string_view help, c
 
 void metric(std::string* out, std::string_view name, std::string_view type, std::string_view help, double value) {
   *out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", name, help, name, type, name, num(value));
+}
+
+// One gauge with a `state` label per value: {state, value} pairs in order.
+void state_gauge(std::string* out, std::string_view name, std::string_view help,
+                 std::initializer_list<std::pair<std::string_view, int64_t>> states) {
+  *out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n", name, help, name);
+  for (const auto& [state, value] : states) *out += fmt::format("{}{{state=\"{}\"}} {}\n", name, state, value);
 }
 
 }  // namespace
@@ -220,18 +228,16 @@ std::string Metrics::render(const GaugeValues& g) const {
          static_cast<double>(g.queue_depth));
   metric(&out, "onebit_running_sequences", "gauge", "Sequences being generated or embedded now.",
          static_cast<double>(g.running));
-  out += "# HELP onebit_kv_positions KV cache positions holding tokens: of running sequences, or kept for prefix "
-         "reuse.\n# TYPE onebit_kv_positions gauge\n";
-  out += fmt::format("onebit_kv_positions{{state=\"running\"}} {}\n", g.kv_running);
-  out += fmt::format("onebit_kv_positions{{state=\"cached\"}} {}\n", g.kv_cached);
+  state_gauge(&out, "onebit_kv_positions",
+              "KV cache positions holding tokens: of running sequences, or kept for prefix reuse.",
+              {{"running", g.kv_running}, {"cached", g.kv_cached}});
   metric(&out, "onebit_kv_positions_total", "gauge", "KV cache positions in all (blocks x block size).",
          static_cast<double>(g.kv_total));
-  out += "# HELP onebit_kv_blocks KV cache blocks: referenced by running sequences (used), kept by the prefix "
-         "cache (cached), or free.\n# TYPE onebit_kv_blocks gauge\n";
-  out += fmt::format("onebit_kv_blocks{{state=\"used\"}} {}\n", g.kv_blocks_used);
-  out += fmt::format("onebit_kv_blocks{{state=\"cached\"}} {}\n", g.kv_blocks_cached);
-  out += fmt::format("onebit_kv_blocks{{state=\"free\"}} {}\n",
-                     std::max<int64_t>(0, g.kv_blocks_total - g.kv_blocks_used - g.kv_blocks_cached));
+  state_gauge(&out, "onebit_kv_blocks",
+              "KV cache blocks: referenced by running sequences (used), kept by the prefix cache (cached), or free.",
+              {{"used", g.kv_blocks_used},
+               {"cached", g.kv_blocks_cached},
+               {"free", std::max<int64_t>(0, g.kv_blocks_total - g.kv_blocks_used - g.kv_blocks_cached)}});
   metric(&out, "onebit_kv_blocks_total", "gauge", "KV cache blocks in all.", static_cast<double>(g.kv_blocks_total));
   metric(&out, "onebit_kv_block_size", "gauge", "Positions per KV cache block.", static_cast<double>(g.kv_block_size));
   metric(&out, "onebit_kv_usage_ratio", "gauge", "KV blocks used by running sequences / all KV blocks.",
