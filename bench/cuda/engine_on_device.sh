@@ -19,6 +19,7 @@ step() { echo "== $*"; "$@" || { echo "FAILED ($?): $*"; status=1; }; }
 
 [ -z "${SKIP_KERNEL_CHECKS:-}" ] && step timeout 120 "$BIN/test_cuda_ternary_gemv_check" > "$OUT/gemv_check.txt" 2>&1; tail -2 "$OUT/gemv_check.txt"
 [ -z "${SKIP_KERNEL_CHECKS:-}" ] && step timeout 120 "$BIN/test_cuda_ops_check" > "$OUT/ops_check.txt" 2>&1; tail -15 "$OUT/ops_check.txt"
+[ -z "${SKIP_KERNEL_CHECKS:-}" ] && step timeout 120 "$BIN/test_cuda_fused_gemv_check" > "$OUT/fused_gemv_check.txt" 2>&1; tail -8 "$OUT/fused_gemv_check.txt"
 step timeout "${TEST_TIMEOUT:-300}" "$BIN/test_engine" --gtest_filter='CudaEngine.*:Golden.EveryGoldenCuda' \
   >> "$OUT/engine.txt" 2>&1
 grep -E "^\[(golden|cuda vs cpu)\]|OK \]|FAILED|Failure|error|^==" "$OUT/engine.txt" | tail -60
@@ -38,7 +39,7 @@ bins=("$BIN/1bit")
     timeout 150 "$b" bench --device cuda -m /tmp/2b.h1b -p 4096 -n 128 -d 2048 -r 3 --kv f16
   done
   # What each launch-level feature of the new binary is worth (same results, other launches).
-  for v in ONEBIT_CUDA_PDL=0 ONEBIT_CUDA_FUSE=0; do
+  for v in ONEBIT_CUDA_PDL=0 ONEBIT_CUDA_FUSE=0 ONEBIT_CUDA_FUSED_GEMV=0; do
     echo "#### $v"
     env "$v" timeout 150 "$BIN/1bit" bench --device cuda -m /tmp/2b.h1b -p 0 -n 256 -r 3 --kv f16 --no-membw
   done

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 B="${BUILD:-build/default}"
 rm -rf .devbin && mkdir -p .devbin/lib
-for b in 1bit tests/test_engine tests/test_cuda_ops_check tests/test_cuda_ternary_gemv_check; do
+for b in 1bit tests/test_engine tests/test_cuda_ops_check tests/test_cuda_ternary_gemv_check tests/test_cuda_fused_gemv_check; do
   strip -o ".devbin/$(basename "$b")" "$B/$b"
 done
 for lib in libfmt.so.9 libpcre2-8.so.0 libcudart.so.13; do

@@ -243,6 +243,27 @@ class Backend {
   // index among equal maxima); `ids` is HOST memory [n]. Greedy decoding without moving the logits:
   // a GPU backend computes it on the device. The default runs lm_head into host memory.
   virtual void lm_head_argmax(WeightHandle w, const float* x, int64_t n, int32_t* ids);
+
+  // ---- a whole decode layer (optional) ----
+  // The weights of one BitNet layer and the activation buffers of a pass (BitnetGraph).
+  struct LayerWeights {
+    WeightHandle attn_norm, q, k, v, attn_sub_norm, o, ffn_norm, gate, up, ffn_sub_norm, down;
+  };
+  struct LayerBuffers {
+    float* x = nullptr;  // the residual stream [n][hidden]
+    float *q = nullptr, *k = nullptr, *v = nullptr, *attn = nullptr, *gate = nullptr, *up = nullptr;
+  };
+  // Whether this backend runs every layer of a pass of n rows (model widths hidden, n_heads *
+  // head_dim, intermediate) with decode_layer. Then BitnetGraph calls decode_layer for each layer
+  // instead of the operation sequence, and each call leaves x complete (its residual adds done).
+  virtual bool fused_decode(int64_t /*n*/, int64_t /*hidden*/, int64_t /*qdim*/, int64_t /*inter*/) const {
+    return false;
+  }
+  // One layer, same math as BitnetGraph's operation sequence: x += o(attn_sub_norm(attention(...)))
+  // with q, k, v from attn_norm(x); then x += down(ffn_sub_norm(relu(gate)^2 * up)) with gate, up
+  // from ffn_norm(x). The default throws Error (only called when fused_decode said yes).
+  virtual void decode_layer(const LayerWeights& L, int64_t layer, const LayerBuffers& b, std::span<const SeqRows> seqs,
+                            int64_t n_heads, float eps);
 };
 
 }  // namespace onebit

@@ -47,6 +47,11 @@ void Backend::lm_head_argmax(WeightHandle w, const float* x, int64_t n, int32_t*
   }
 }
 
+void Backend::decode_layer(const LayerWeights&, int64_t, const LayerBuffers&, std::span<const SeqRows>, int64_t,
+                           float) {
+  fail("the {} backend has no fused decode layer", name());
+}
+
 bool Backend::ReplayKey::operator<(const ReplayKey& o) const {
   return std::tie(owner, out, n, all_logits) < std::tie(o.owner, o.out, o.n, o.all_logits);
 }
@@ -178,6 +183,12 @@ void BitnetGraph::run_layers(GraphState& st, std::span<const int32_t> tokens, st
   const float eps = static_cast<float>(c_.rms_norm_eps);
   Backend& be = be_;
   be.embed(token_embd_, tokens, st.x_);
+  // A backend may run each layer as a few fused kernels (the CUDA backend, one-row passes).
+  if (be.fused_decode(n, hidden, H * c_.head_dim, c_.intermediate_size)) {
+    const Backend::LayerBuffers b{st.x_, st.q_, st.k_, st.v_, st.attn_, st.gate_, st.up_};
+    for (size_t l = 0; l < layers_.size(); ++l) be.decode_layer(layers_[l], static_cast<int64_t>(l), b, seqs, H, eps);
+    return;
+  }
   // The per-layer sequence (docs/engine.md), with the residual add of each block fused into the
   // norm that follows it:
   //   x += o(attn_sub_norm(attention(rope(q), rope(k), v)))  with q, k, v = qkv(attn_norm(x))

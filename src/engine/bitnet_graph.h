@@ -78,9 +78,7 @@ class BitnetGraph {
   void run_ops(GraphState& st, const KvCacheView& kv, std::span<const int32_t> tokens, int64_t pos0,
                bool all_logits, float* logits, float* hidden_out);
   void run_layers(GraphState& st, std::span<const int32_t> tokens, std::span<const SeqRows> seqs);
-  struct Layer {
-    WeightHandle attn_norm, q, k, v, attn_sub_norm, o, ffn_norm, gate, up, ffn_sub_norm, down;
-  };
+  using Layer = Backend::LayerWeights;
   Backend& be_;
   ModelConfig c_;
   WeightHandle token_embd_, output_norm_, output_;

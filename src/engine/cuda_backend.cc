@@ -8,15 +8,19 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "core/base/ternary_packing.h"
 #include "engine/cpu_backend.h"  // dense_row_to_f32
 #include "engine/rope_tables.h"
+#include "kernels/cuda/decode_fused_cuda.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/ternary_gemv_cuda.h"
 
@@ -62,6 +66,16 @@ class CudaBackend final : public Backend {
     cuda::set_pdl(pdl_);
     const char* fu = std::getenv("ONEBIT_CUDA_FUSE");
     fuse_ = !(fu != nullptr && std::string_view(fu) == "0");
+    // ONEBIT_CUDA_FUSED_GEMV=0 keeps the norm kernels of a decode layer separate (decode_layer off);
+    // "G,c,G,c,G,c,G,c" sets the block shapes (row groups, chunks per lane) of q/k/v, o, gate/up, down.
+    const char* fg = std::getenv("ONEBIT_CUDA_FUSED_GEMV");
+    fused_gemv_ = fuse_ && !(fg != nullptr && std::string_view(fg) == "0");
+    if (fg != nullptr && std::string_view(fg) != "0" && std::string_view(fg) != "1") {
+      int v[8];
+      if (std::sscanf(fg, "%d,%d,%d,%d,%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) != 8)
+        fail("ONEBIT_CUDA_FUSED_GEMV: expected 0, 1 or eight comma-separated integers, got \"{}\"", fg);
+      for (int i = 0; i < 4; ++i) fshape_[i] = cuda::FusedGemvShape{v[2 * i], v[2 * i + 1]};
+    }
     const char* g = std::getenv("ONEBIT_CUDA_GRAPHS");
     use_graphs_ = !(g != nullptr && std::string_view(g) == "0");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -486,6 +500,43 @@ class CudaBackend final : public Backend {
           "ternary_gemv_multi");
   }
 
+  // One-row passes: each layer as five launches (the norms inside the GEMVs, decode_fused_cuda.h):
+  // q/k/v, attention, o (+ residual), gate/up (+ relu^2 * up), down (+ residual).
+  bool fused_decode(int64_t n, int64_t hidden, int64_t qdim, int64_t inter) const override {
+    if (!fused_gemv_ || n != 1 || multi_) return false;
+    for (int64_t d : {hidden, qdim, inter})
+      if (d % 4 != 0 || d > cuda::kFusedGemvMaxCols) return false;
+    return true;
+  }
+  void decode_layer(const LayerWeights& L, int64_t layer, const LayerBuffers& b, std::span<const SeqRows> seqs,
+                    int64_t n_heads, float eps) override {
+    expect_pass(1);
+    auto gemv = [&](const float* x, WeightHandle norm, std::initializer_list<std::pair<WeightHandle, float*>> mats,
+                    cuda::FusedEpilogue epi, int shape, const char* what) {
+      cuda::FusedGemvArgs a;
+      a.x = x;
+      a.norm_w = nw(norm);
+      a.eps = eps;
+      a.cols = norm.cols;
+      for (const auto& [h, y] : mats) {
+        const DevTernary& w = tw(h);
+        if (w.cols != norm.cols) fail("cuda backend: {} has {} columns, its norm {}", what, w.cols, norm.cols);
+        a.mats[a.count++] = cuda::GemvMatrix{w.w, w.row_scale, w.rows, y};
+      }
+      a.epilogue = epi;
+      a.shape = fshape_[shape];
+      a.pdl = pdl_;
+      if (!cuda::fused_norm_gemv_ok(a)) fail("cuda backend: {}: no fused GEMV for this shape", what);
+      check(cuda::fused_norm_gemv(a, stream_), what);
+    };
+    using E = cuda::FusedEpilogue;
+    gemv(b.x, L.attn_norm, {{L.q, b.q}, {L.k, b.k}, {L.v, b.v}}, E::kStore, 0, "q/k/v");
+    rope_kv_attention_multi(seqs, layer, b.q, b.k, b.v, n_heads, b.attn);
+    gemv(b.attn, L.attn_sub_norm, {{L.o, b.x}}, E::kResidual, 1, "attn_output");
+    gemv(b.x, L.ffn_norm, {{L.gate, b.gate}, {L.up, b.up}}, E::kRelu2, 2, "ffn_gate/up");
+    gemv(b.gate, L.ffn_sub_norm, {{L.down, b.x}}, E::kResidual, 3, "ffn_down");
+  }
+
   void lm_head(WeightHandle wh, const float* x, int64_t n, float* logits) override {
     const DevDense& d = dw(wh);
     head_on_device(d, x, n);
@@ -651,7 +702,11 @@ class CudaBackend final : public Backend {
   }
 
   cudaStream_t stream_ = nullptr;
-  bool pdl_ = false, use_graphs_ = true, capturing_ = false, fuse_ = true;
+  bool pdl_ = false, use_graphs_ = true, capturing_ = false, fuse_ = true, fused_gemv_ = true;
+  // Block shapes of the fused decode GEMVs: q/k/v, o, gate/up, down. Chosen so that on the 2B-4T
+  // shapes each launch is about one wave of blocks on 132 SMs with every weight chunk of a lane
+  // loaded before the wait for the previous kernel (docs/kernels-cuda.md).
+  cuda::FusedGemvShape fshape_[4] = {{4, 5}, {2, 5}, {14, 10}, {3, 6}};
   std::vector<void*> owned_;
   std::vector<DevTernary> ternary_;
   std::vector<float*> norms_;

@@ -18,6 +18,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "check_util.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/ternary_gemv_cuda.h"
@@ -25,45 +26,6 @@
 using namespace onebit::cuda;
 
 namespace {
-
-std::mt19937_64 rng(std::random_device{}());
-int failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    std::printf("FAIL: %s\n", what.c_str());
-    ++failures;
-  }
-}
-
-template <typename T>
-T* dev(const std::vector<T>& h) {
-  T* p = nullptr;
-  CK(cudaMalloc(&p, std::max<size_t>(h.size(), 1) * sizeof(T)));
-  if (!h.empty()) CK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return p;
-}
-template <typename T>
-T* dev_poison(size_t n) {
-  T* p = nullptr;
-  CK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-  CK(cudaMemset(p, 0x7f, std::max<size_t>(n, 1) * sizeof(T)));
-  return p;
-}
-template <typename T>
-std::vector<T> host(const T* p, size_t n) {
-  CK(cudaDeviceSynchronize());
-  std::vector<T> h(n);
-  CK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-  return h;
-}
-
-std::vector<float> randn(size_t n, float sd = 1.0f) {
-  std::normal_distribution<float> d(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
 
 // A KV cache's shape (data set by the caller): layers, kv heads, positions, head size, dtype.
 KvView kv_shape(int64_t layers, int64_t n_kv, int64_t n_ctx, int64_t D, bool f16) {
@@ -74,12 +36,6 @@ KvView kv_shape(int64_t layers, int64_t n_kv, int64_t n_ctx, int64_t D, bool f16
   kv.n_ctx = n_ctx;
   kv.head_dim = D;
   return kv;
-}
-
-// cudaFree of every pointer (nullptr allowed).
-template <typename... Ptrs>
-void free_all(Ptrs... ptrs) {
-  (cudaFree(const_cast<void*>(static_cast<const void*>(ptrs))), ...);
 }
 
 // Host quantization (the documented formula).

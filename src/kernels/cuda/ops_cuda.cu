@@ -12,40 +12,6 @@
 namespace onebit::cuda {
 namespace {
 
-struct SumOp {
-  template <typename T>
-  __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
-};
-struct MaxOp {
-  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-
-template <typename T, typename Op>
-__device__ __forceinline__ T warp_reduce(T v, Op op) {
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp{}); }
-__device__ __forceinline__ float warp_max(float v) { return warp_reduce(v, MaxOp{}); }
-__device__ __forceinline__ int warp_isum(int v) { return warp_reduce(v, SumOp{}); }
-
-// Block-wide reduction (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
-// `red` is 32 slots of shared memory; the call ends with a barrier so `red` can be reused. The
-// warps' results are combined in a fixed order starting from `init`: the same in every thread.
-template <typename T, typename Op>
-__device__ T block_reduce(T v, T init, T* red, Op op) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_reduce(v, op);
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  T t = init;
-  for (int i = 0; i < nw; ++i) t = op(t, red[i]);
-  __syncthreads();
-  return t;
-}
-__device__ float block_sum(float v, float* red) { return block_reduce(v, 0.0f, red, SumOp{}); }
-__device__ float block_max(float v, float* red) { return block_reduce(v, -INFINITY, red, MaxOp{}); }
-__device__ int block_isum(int v, int* red) { return block_reduce(v, 0, red, SumOp{}); }
 
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
@@ -157,7 +123,7 @@ __global__ void rmsnorm_quantize_kernel(const float* __restrict__ x, const float
 
 // One block per row, blockDim.x threads, the row's values kept in registers (dim <= 8 * blockDim.x):
 // one read of the inputs. kMode 0: x; 1: x += y (stored); 2: relu(x)^2 * y.
-constexpr int kFusedPer = 8;
+constexpr int kFusedPer = kNormPerThread;
 template <int kMode>
 __global__ void __launch_bounds__(1024)
     fused_norm_quant_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ w, int dim,
@@ -230,11 +196,7 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-int fused_threads(int64_t dim) {
-  int t = 128;
-  while (t < 1024 && t * kFusedPer < dim) t *= 2;
-  return t;
-}
+int fused_threads(int64_t dim) { return norm_row_threads(static_cast<int>(dim)); }
 
 // ---- W2A8 GEMM on int8 tensor cores ----
 // mma.m16n8k32: A = 16 weight rows x 32 columns as unsigned codes (w + 1), B = 32 columns x 8
@@ -668,7 +630,6 @@ __global__ void __launch_bounds__(kAttnThreads)
                           const int32_t* __restrict__ pos0, const RowSeq* __restrict__ rows,
                           float* __restrict__ scratch, float* __restrict__ out, DecodeFuse fuse) {
   pdl_trigger();
-  pdl_wait();
   constexpr int D = 32 * DPL;
   constexpr int kWarps = kAttnThreads / 32;
   __shared__ __align__(16) float qs[kAttnMaxG * D];
@@ -683,11 +644,30 @@ __global__ void __launch_bounds__(kAttnThreads)
   const int n_keys = row_pos(rows, pos0, i) + 1;
   const int chunk = split_chunk(n_keys, row_splits(rows, i, splits));
   const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk);
-  if (k0 >= n_keys) return;  // beyond the active splits (the merge skips them too)
+  if (k0 >= n_keys) {  // beyond the active splits (the merge skips them too)
+    pdl_wait();
+    return;
+  }
   if (rows != nullptr) {
     kv.data = rows[i].kv;
     kv.table = rows[i].table;
   }
+  // Positions, block tables and the keys and values of earlier steps do not change during the
+  // pass: pull this split's K and V rows into L2 while the previous kernel (the q/k/v GEMV) runs,
+  // so the dependent loads below (q, then K, then V) find them there. The new key's row is
+  // prefetched too (stale, harmless: L2 is where this kernel's store of it lands).
+  {
+    const int esize = kv.f16 ? 2 : 4;
+    const int lines = (D * esize + 127) / 128;  // 128-byte lines per row
+    const int per_which = (k1 - k0) * lines;
+    for (int t = tid; t < 2 * per_which; t += kAttnThreads) {
+      const int which = t >= per_which ? 1 : 0, r = t - which * per_which;
+      const char* p = static_cast<const char*>(kv.data) +
+                      kv_off(kv, which, layer, hk, k0 + r / lines) * static_cast<size_t>(esize) + (r % lines) * 128;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    }
+  }
+  pdl_wait();
   const float scale = 1.0f / sqrtf(static_cast<float>(D));
   if (fuse.k != nullptr) {
     constexpr int half = D / 2;

@@ -81,22 +81,6 @@ __global__ void quantize_kernel(const float* __restrict__ x, int cols, int padde
   }
 }
 
-// d = sum of 4 (unsigned byte of a) * (signed byte of b) + c.
-__device__ __forceinline__ int dp4a_us(unsigned a, int b, int c) {
-  int d;
-  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-
-
-// Four accumulators, field i scaled by 4^i (the fields are masked, not shifted down).
-__device__ __forceinline__ void dot_word(unsigned w, int4 x, int& a0, int& a1, int& a2, int& a3) {
-  a0 = dp4a_us(w & 0x03030303u, x.x, a0);
-  a1 = dp4a_us(w & 0x0c0c0c0cu, x.y, a1);
-  a2 = dp4a_us(w & 0x30303030u, x.z, a2);
-  a3 = dp4a_us(w & 0xc0c0c0c0u, x.w, a3);
-}
-
 __device__ __forceinline__ void dot_chunk(uint4 w, const int8_t* __restrict__ qk, int& a0, int& a1, int& a2, int& a3) {
   const int4* q4 = reinterpret_cast<const int4*>(qk);
   const int4 x0 = __ldg(q4 + 0), x1 = __ldg(q4 + 1), x2 = __ldg(q4 + 2), x3 = __ldg(q4 + 3);
