@@ -6,7 +6,7 @@
 namespace onebit::cuda {
 namespace {
 
-constexpr int kVec = 4;        // float4 of the input per thread in the prologue (cols <= 16 * threads)
+constexpr int kVec = kNormGroup / 4;  // float4 of the input per thread in the prologue (cols <= 16 * threads)
 constexpr int kPre = 8;        // weight chunks per lane loaded before waiting for the previous kernel
 constexpr int kMaxGroups = 16;  // row groups per block
 constexpr int kMaxWarps = 16;  // 512 threads (__launch_bounds__: registers for the prefetched weights)
@@ -33,7 +33,8 @@ __global__ void __launch_bounds__(512)
                            const float* __restrict__ norm_w, float eps) {
   extern __shared__ int4 s_codes[];  // K * 64 int8 codes
   __shared__ float red[32];
-  __shared__ float vpart[1024];  // the unfused norm kernel's per-thread partial sums of squares
+  __shared__ float gpart[kNormMaxGroups];  // per 16-element group sums of squares
+  __shared__ float gtotal;
   __shared__ int qred[kMaxWarps];
   __shared__ int acc_red[kMaxWarps][kRowsPerGroup];
   __shared__ float ybuf[kMaxGroups * kRowsPerGroup];
@@ -76,48 +77,46 @@ __global__ void __launch_bounds__(512)
   const float4* w4 = reinterpret_cast<const float4*>(norm_w);
   if constexpr (kPdl) pdl_wait();
 
-  // RMSNorm + per-token quantization of x with the bits of rmsnorm_quantize_rows (one block of
-  // T = norm_row_threads(cols) threads per row): the sum of squares is formed in that kernel's
-  // order (T per-thread fmaf chains over elements t, t + T, ..., each warp's xor butterfly, then
-  // the warps in order), so both paths give the same r, codes and results; the max needs no order.
-  const int T = norm_row_threads(cols), vwarps = T >> 5;
-  for (int vt = tid; vt < T; vt += nthreads) {
-    float ss = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kNormPerThread; ++i) {
-      const int c = vt + i * T;
-      if (c < cols) {
-        const float a = x[c];
-        ss = fmaf(a, a, ss);
-      }
-    }
-    vpart[vt] = ss;
-  }
-  __syncthreads();
-  for (int vw = warp; vw < vwarps; vw += (nthreads >> 5)) {
-    const float v = warp_sum(vpart[vw * 32 + lane]);
-    if (lane == 0) red[vw] = v;
-  }
-  __syncthreads();
+  // RMSNorm + per-token quantization of x with the bits of rmsnorm_quantize_rows: y = x * r * w,
+  // s = 127 / max(max|y|, 1e-5), codes = clamp(rint(y * s)); thread t holds the 16 elements of
+  // group t and the sum of squares follows the canonical order of norm_group_total.
+  const int n_groups = cols / kNormGroup + (cols % kNormGroup != 0 ? 1 : 0);
+  const bool holder = tid < n_groups;
+  float4 xv[kVec], wv[kVec];
   float ss = 0.0f;
-  for (int i = 0; i < vwarps; ++i) ss += red[i];
+#pragma unroll
+  for (int v = 0; v < kVec; ++v) {
+    const int i = tid * kVec + v;
+    if (holder && i < n4) {
+      xv[v] = x4[i];
+      wv[v] = __ldg(w4 + i);
+    }
+  }
+#pragma unroll
+  for (int v = 0; v < kVec; ++v) {
+    const int i = tid * kVec + v;
+    if (holder && i < n4) {
+      ss = fmaf(xv[v].x, xv[v].x, ss);
+      ss = fmaf(xv[v].y, xv[v].y, ss);
+      ss = fmaf(xv[v].z, xv[v].z, ss);
+      ss = fmaf(xv[v].w, xv[v].w, ss);
+    }
+  }
+  if (holder) gpart[tid] = ss;
+  ss = norm_group_total(gpart, &gtotal, n_groups);
   const float r = 1.0f / sqrtf(ss / static_cast<float>(cols) + eps);
-  float4 xv[kVec];
   float m = 0.0f;
 #pragma unroll
   for (int v = 0; v < kVec; ++v) {
-    const int i = tid + v * nthreads;
-    if (i < n4) {
-      xv[v] = x4[i];
-      const float4 wv = __ldg(w4 + i);
-      xv[v].x = xv[v].x * r * wv.x;
-      xv[v].y = xv[v].y * r * wv.y;
-      xv[v].z = xv[v].z * r * wv.z;
-      xv[v].w = xv[v].w * r * wv.w;
+    const int i = tid * kVec + v;
+    if (holder && i < n4) {
+      xv[v].x = xv[v].x * r * wv[v].x;
+      xv[v].y = xv[v].y * r * wv[v].y;
+      xv[v].z = xv[v].z * r * wv[v].z;
+      xv[v].w = xv[v].w * r * wv[v].w;
       m = fmaxf(m, fmaxf(fmaxf(fabsf(xv[v].x), fabsf(xv[v].y)), fmaxf(fabsf(xv[v].z), fabsf(xv[v].w))));
     }
   }
-  __syncthreads();  // red is reused by block_max
   m = block_max(m, red);
   const float s = 127.0f / fmaxf(m, 1e-5f);
   int* codes32 = reinterpret_cast<int*>(s_codes);
@@ -130,8 +129,8 @@ __global__ void __launch_bounds__(512)
   };
 #pragma unroll
   for (int v = 0; v < kVec; ++v) {
-    const int i = tid + v * nthreads;
-    if (i < n4) {
+    const int i = tid * kVec + v;
+    if (holder && i < n4) {
       const unsigned c0 = code(xv[v].x), c1 = code(xv[v].y), c2 = code(xv[v].z), c3 = code(xv[v].w);
       codes32[i] = static_cast<int>(c0 | (c1 << 8) | (c2 << 16) | (c3 << 24));
     }

@@ -30,6 +30,57 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// ---- bulk copies into shared memory (sm_90: the TMA engine), completion on an mbarrier ----
+// Shared-memory addresses are 32-bit (cvta). The bulk copy's size is a multiple of 16 bytes, both
+// addresses 16-byte aligned. All of these compile to nothing below sm_90 (callers check the arch).
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+#endif
+}
+// Makes initialized barriers visible to the async (bulk copy) proxy; then __syncthreads().
+__device__ __forceinline__ void mbar_init_fence() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+#endif
+}
+// Returns once the phase of `bar` with this parity has completed (a fresh barrier: parity 1 at once).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT;\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+#endif
+}
+// `bytes` from global `src` to shared `dst`, counted against `bar`'s expected transaction bytes.
+__device__ __forceinline__ void bulk_copy_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+#endif
+}
+
 // ---- reductions ----
 struct SumOp {
   template <typename T>
@@ -66,14 +117,25 @@ __device__ __forceinline__ float block_sum(float v, float* red) { return block_r
 __device__ __forceinline__ float block_max(float v, float* red) { return block_reduce(v, -INFINITY, red, MaxOp{}); }
 __device__ __forceinline__ int block_isum(int v, int* red) { return block_reduce(v, 0, red, SumOp{}); }
 
-// ---- the one-block-per-row RMSNorm + quantization (ops_cuda.cu, fused_norm_quant_kernel) ----
-// Threads per row, each summing the squares of up to kNormPerThread elements t, t + T, ...: the
-// fused decode GEMV (decode_fused_cuda.cu) replays this summation order to get the same bits.
-constexpr int kNormPerThread = 8;
-__host__ __device__ constexpr int norm_row_threads(int dim) {
-  int t = 128;
-  while (t < 1024 && t * kNormPerThread < dim) t *= 2;
-  return t;
+// ---- the canonical sum of squares of an RMSNorm row ----
+// Per group of kNormGroup consecutive elements, an fmaf chain in element order from 0 (the
+// caller's, stored in part[g]); then lane l of warp 0 adds groups l, l + 32, ... in order, and the
+// warp's xor butterfly; every thread gets lane 0's value. The one-block norm kernel (ops_cuda.cu)
+// and the fused decode GEMV (decode_fused_cuda.cu) both sum this way, whatever their block shape,
+// so they give the same bits. part: n_groups (<= kNormMaxGroups) floats of shared memory written by
+// the caller before the call; out: one shared float. Contains two __syncthreads.
+constexpr int kNormGroup = 16;
+constexpr int kNormMaxGroups = 512;  // rows of up to 8192 elements
+__device__ __forceinline__ float norm_group_total(const float* part, float* out, int n_groups) {
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float s = 0.0f;
+    for (int g = threadIdx.x; g < n_groups; g += 32) s += part[g];
+    s = warp_sum(s);
+    if (threadIdx.x == 0) *out = s;
+  }
+  __syncthreads();
+  return *out;
 }
 
 // ---- ternary dot products (layout: ternary_gemv_cuda.h) ----

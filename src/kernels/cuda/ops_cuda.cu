@@ -4,7 +4,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "kernels/cuda/device_inline.cuh"
 #include "kernels/cuda/ternary_gemv_cuda.h"
@@ -40,11 +42,12 @@ bool g_pdl = false;
   } while (0)
 
 template <typename... KArgs, typename... Args>
-cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
+cudaError_t launch_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                        Args... args) {
   cudaLaunchConfig_t lc = {};
   lc.gridDim = grid;
   lc.blockDim = block;
-  lc.dynamicSmemBytes = 0;
+  lc.dynamicSmemBytes = smem;
   lc.stream = stream;
   cudaLaunchAttribute attr[1];
   if (g_pdl) {
@@ -56,6 +59,10 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t
   const cudaError_t e = cudaLaunchKernelEx(&lc, kernel, static_cast<KArgs>(args)...);
   if (e != cudaSuccess) return e;
   return cudaGetLastError();
+}
+template <typename... KArgs, typename... Args>
+cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
+  return launch_smem(kernel, grid, block, 0, stream, args...);
 }
 
 // ---- embedding ----
@@ -121,9 +128,11 @@ __global__ void rmsnorm_quantize_kernel(const float* __restrict__ x, const float
   }
 }
 
-// One block per row, blockDim.x threads, the row's values kept in registers (dim <= 8 * blockDim.x):
-// one read of the inputs. kMode 0: x; 1: x += y (stored); 2: relu(x)^2 * y.
-constexpr int kFusedPer = kNormPerThread;
+// One block per row, blockDim.x threads, the row's values kept in registers: thread t holds the
+// kNormGroup elements [16t, 16t + 16) (dim <= 16 * blockDim.x), one read of the inputs. The sum of
+// squares is formed in the canonical order of norm_group_total (device_inline.cuh), which the fused
+// decode GEMV (decode_fused_cuda.cu) follows too, so both give the same bits.
+// kMode 0: x; 1: x += y (stored); 2: relu(x)^2 * y.
 template <int kMode>
 __global__ void __launch_bounds__(1024)
     fused_norm_quant_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ w, int dim,
@@ -132,20 +141,24 @@ __global__ void __launch_bounds__(1024)
   pdl_trigger();
   __shared__ float red[32];
   __shared__ int ired[32];
+  __shared__ float part[kNormMaxGroups];
+  __shared__ float total;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
+  const int c0 = static_cast<int>(threadIdx.x) * kNormGroup;
+  const int n_groups = (dim + kNormGroup - 1) / kNormGroup;
   // The norm weights are constants: loaded before waiting for the kernel that wrote x / y.
-  float wv[kFusedPer];
+  float wv[kNormGroup];
 #pragma unroll
-  for (int i = 0; i < kFusedPer; ++i) {
-    const int c = threadIdx.x + i * blockDim.x;
+  for (int i = 0; i < kNormGroup; ++i) {
+    const int c = c0 + i;
     wv[i] = (w != nullptr && c < dim) ? __ldg(w + c) : 0.0f;
   }
   pdl_wait();
-  float v[kFusedPer];
+  float v[kNormGroup];
   float ss = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kFusedPer; ++i) {
-    const int c = threadIdx.x + i * blockDim.x;
+  for (int i = 0; i < kNormGroup; ++i) {
+    const int c = c0 + i;
     v[i] = 0.0f;
     if (c < dim) {
       float a = x[base + c];
@@ -162,13 +175,14 @@ __global__ void __launch_bounds__(1024)
   }
   float r = 1.0f;
   if (w != nullptr) {
-    ss = block_sum(ss, red);
+    if (static_cast<int>(threadIdx.x) < n_groups) part[threadIdx.x] = ss;
+    ss = norm_group_total(part, &total, n_groups);
     r = 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
   }
   float m = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kFusedPer; ++i) {
-    const int c = threadIdx.x + i * blockDim.x;
+  for (int i = 0; i < kNormGroup; ++i) {
+    const int c = c0 + i;
     if (c < dim) {
       if (w != nullptr) v[i] = v[i] * r * wv[i];
       m = fmaxf(m, fabsf(v[i]));
@@ -179,8 +193,8 @@ __global__ void __launch_bounds__(1024)
   int8_t* q = codes + static_cast<int64_t>(blockIdx.x) * stride;
   int sum = 0;
 #pragma unroll
-  for (int i = 0; i < kFusedPer; ++i) {
-    const int c = threadIdx.x + i * blockDim.x;
+  for (int i = 0; i < kNormGroup; ++i) {
+    const int c = c0 + i;
     if (c < dim) {
       int t = __float2int_rn(__fmul_rn(v[i], s));
       t = t < -128 ? -128 : (t > 127 ? 127 : t);
@@ -196,7 +210,12 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-int fused_threads(int64_t dim) { return norm_row_threads(static_cast<int>(dim)); }
+// Threads per row of fused_norm_quant_kernel: one kNormGroup group each, at least 128.
+int fused_threads(int64_t dim) {
+  int t = 128;
+  while (t < 1024 && t * kNormGroup < dim) t *= 2;
+  return t;
+}
 
 // ---- W2A8 GEMM on int8 tensor cores ----
 // mma.m16n8k32: A = 16 weight rows x 32 columns as unsigned codes (w + 1), B = 32 columns x 8
@@ -980,6 +999,89 @@ __global__ void __launch_bounds__(kHeadThreads)
   }
 }
 
+// Decode LM head for one token row of 16-bit weights on sm_90 (head_stream_on): each block
+// streams a contiguous range of rows through `stages` shared-memory stages of kStreamWarps rows,
+// one bulk copy (TMA) per stage issued by a producer warp, which starts before the wait for the
+// previous kernel (the weights are constants). Consumer warp w takes row w of each stage with x in
+// registers. Per row, the lane -> column assignment, the FMA order and the warp sum are those of
+// dense_gemv_kernel, so the logits are the same bits; only how the bytes arrive differs: whole
+// stages in flight per SM instead of a few 16-byte loads per lane.
+constexpr int kStreamWarps = 8;
+constexpr int kStreamMaxStages = 4;
+constexpr size_t kStreamSmem = 200 * 1024;
+
+template <typename T, int kVec>
+__global__ void __launch_bounds__(32 * (kStreamWarps + 1))
+    head_stream_kernel(const T* __restrict__ w, int64_t rows, int cols, int64_t rows_per_block, int stages,
+                       const float* __restrict__ x, float* __restrict__ out) {
+  extern __shared__ __align__(128) uint4 stage_buf[];
+  __shared__ __align__(8) uint64_t full[kStreamMaxStages], empty[kStreamMaxStages];
+  pdl_trigger();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
+  const int nv = cols / 8;  // 16-byte vectors per row
+  const int n_it = r0 < r1 ? static_cast<int>((r1 - r0 + kStreamWarps - 1) / kStreamWarps) : 0;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], kStreamWarps);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+  if (warp == kStreamWarps) {  // producer
+    if (lane == 0) {
+      for (int it = 0; it < n_it; ++it) {
+        const int s = it % stages;
+        mbar_wait(&empty[s], ((it / stages) & 1) ^ 1);
+        const int64_t ra = r0 + static_cast<int64_t>(it) * kStreamWarps;
+        const int64_t nr = r1 - ra < kStreamWarps ? r1 - ra : kStreamWarps;
+        const uint32_t bytes = static_cast<uint32_t>(nr * nv * 16);
+        mbar_arrive_expect_tx(&full[s], bytes);
+        bulk_copy_g2s(stage_buf + static_cast<size_t>(s) * kStreamWarps * nv, w + ra * cols, bytes, &full[s]);
+      }
+    }
+    pdl_wait();
+    return;
+  }
+  pdl_wait();
+  float xr[kVec][8];
+#pragma unroll
+  for (int u = 0; u < kVec; ++u) {
+    const int c = lane + 32 * u;
+    if (c < nv) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(x) + 2 * c);
+      const float4 b = __ldg(reinterpret_cast<const float4*>(x) + 2 * c + 1);
+      xr[u][0] = a.x, xr[u][1] = a.y, xr[u][2] = a.z, xr[u][3] = a.w;
+      xr[u][4] = b.x, xr[u][5] = b.y, xr[u][6] = b.z, xr[u][7] = b.w;
+    }
+  }
+  for (int it = 0; it < n_it; ++it) {
+    const int s = it % stages;
+    mbar_wait(&full[s], (it / stages) & 1);
+    const int64_t r = r0 + static_cast<int64_t>(it) * kStreamWarps + warp;
+    if (r < r1) {
+      const uint4* row = stage_buf + (static_cast<size_t>(s) * kStreamWarps + warp) * nv;
+      float acc = 0.0f;
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) {
+        const int c = lane + 32 * u;
+        if (c < nv) {
+          float f[8];
+          unpack16<T>(row[c], f);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc = fmaf(f[e], xr[u][e], acc);
+        }
+      }
+      acc = warp_sum(acc);
+      if (lane == 0) out[r] = acc;
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+}
+
 __device__ __forceinline__ int dp4a_ss(int a, int b, int c) { return __dp4a(a, b, c); }
 
 __global__ void __launch_bounds__(kHeadThreads)
@@ -1135,6 +1237,20 @@ __global__ void argmax_kernel(const float* __restrict__ v, int64_t n, int32_t* o
       }
     *out = static_cast<int32_t>(bi < n ? bi : 0);
   }
+}
+
+// The streaming decode head (head_stream_kernel) needs sm_90 bulk copies; ONEBIT_CUDA_HEAD_STREAM=0
+// turns it off (same bits either way).
+bool head_stream_on() {
+  static const bool on = [] {
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+      return false;
+    const char* e = std::getenv("ONEBIT_CUDA_HEAD_STREAM");
+    return major >= 9 && !(e != nullptr && e[0] == '0' && e[1] == 0);
+  }();
+  return on;
 }
 
 int sm_count() {
@@ -1381,6 +1497,28 @@ cudaError_t dense_gemv(const void* w, DenseType type, int64_t rows, int64_t cols
   const bool vec =
       (cols * esize) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   const int c = static_cast<int>(cols);
+  if (n == 1 && vec && type != DenseType::kF32 && head_stream_on()) {
+    const int nv = c / 8;
+    const size_t stage_bytes = static_cast<size_t>(kStreamWarps) * nv * 16;
+    const int stages = static_cast<int>(std::min<size_t>(kStreamMaxStages, kStreamSmem / stage_bytes));
+    if (stages >= 2 && nv <= 32 * 16) {
+      const int64_t per_block = (rows + sm_count() - 1) / sm_count();
+      const dim3 grid(static_cast<unsigned>((rows + per_block - 1) / per_block)), block(32 * (kStreamWarps + 1));
+      const size_t smem = static_cast<size_t>(stages) * stage_bytes;
+      auto go = [&](auto kernel, const auto* wt) -> cudaError_t {
+        const cudaError_t a = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(smem));
+        if (a != cudaSuccess) return a;
+        return launch_smem(kernel, grid, block, smem, stream, wt, rows, c, per_block, stages, x, logits);
+      };
+      if (type == DenseType::kBF16) {
+        const auto* wt = static_cast<const __nv_bfloat16*>(w);
+        return nv <= 320 ? go(head_stream_kernel<__nv_bfloat16, 10>, wt) : go(head_stream_kernel<__nv_bfloat16, 16>, wt);
+      }
+      const auto* wt = static_cast<const __half*>(w);
+      return nv <= 320 ? go(head_stream_kernel<__half, 10>, wt) : go(head_stream_kernel<__half, 16>, wt);
+    }
+  }
   for (int64_t j = 0; j < n; j += kHeadTokens) {
     const int nt = static_cast<int>(n - j < kHeadTokens ? n - j : kHeadTokens);
     const float* xj = x + j * cols;
