@@ -643,13 +643,28 @@ struct DecodeFuse {
   const float* sin_t = nullptr;
 };
 
+// kStage (fp16 caches): each tile's K and V rows are copied into shared memory with cp.async
+// first (K rows padded to D + 8 halves so the per-key 16-byte reads hit distinct banks), so a
+// tile costs one round trip to memory instead of one per batch of loads. In a decode step the
+// first tile is copied before the wait for the previous kernel (earlier keys are constants; the
+// new key, written by this kernel, goes to shared memory when it is stored). Same values, same
+// arithmetic: the same bits as without staging.
 template <int DPL>
+constexpr size_t attention_stage_bytes() {
+  return static_cast<size_t>(kAttnThreads) * (32 * DPL + 8) * 2 + static_cast<size_t>(kAttnThreads) * 32 * DPL * 2;
+}
+
+template <int DPL, bool kStage>
 __global__ void __launch_bounds__(kAttnThreads)
     attention_fast_kernel(KvView kv, int64_t layer, const float* __restrict__ q, int n_heads, int splits,
                           const int32_t* __restrict__ pos0, const RowSeq* __restrict__ rows,
                           float* __restrict__ scratch, float* __restrict__ out, DecodeFuse fuse) {
   pdl_trigger();
   constexpr int D = 32 * DPL;
+  constexpr int KS = D + 8;  // staged K row stride (halves)
+  extern __shared__ __align__(16) __half kv_stage[];
+  __half* const Ks = kv_stage;
+  __half* const Vs = kv_stage + kAttnThreads * KS;
   constexpr int kWarps = kAttnThreads / 32;
   __shared__ __align__(16) float qs[kAttnMaxG * D];
   __shared__ float ps[kAttnMaxG][kAttnThreads];
@@ -678,15 +693,34 @@ __global__ void __launch_bounds__(kAttnThreads)
   {
     const int esize = kv.f16 ? 2 : 4;
     const int lines = (D * esize + 127) / 128;  // 128-byte lines per row
-    const int per_which = (k1 - k0) * lines;
+    // (with staging, the first tile is copied to shared memory below instead)
+    const int p0 = kStage && fuse.k != nullptr ? k0 + kAttnThreads : k0;
+    const int per_which = (k1 > p0 ? k1 - p0 : 0) * lines;
     for (int t = tid; t < 2 * per_which; t += kAttnThreads) {
       const int which = t >= per_which ? 1 : 0, r = t - which * per_which;
       const char* p = static_cast<const char*>(kv.data) +
-                      kv_off(kv, which, layer, hk, k0 + r / lines) * static_cast<size_t>(esize) + (r % lines) * 128;
+                      kv_off(kv, which, layer, hk, p0 + r / lines) * static_cast<size_t>(esize) + (r % lines) * 128;
       asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
     }
   }
+  // Copies the K and V rows of keys [t0, min(t0 + kAttnThreads, k1)) into Ks / Vs, except key `skip`.
+  auto stage = [&](int t0, int skip) {
+    const int nk = min(kAttnThreads, k1 - t0), per = D / 8;
+    for (int t = tid; t < 2 * nk * per; t += kAttnThreads) {
+      const int which = t >= nk * per ? 1 : 0, r = t - which * nk * per, j = r / per, c = r % per;
+      if (t0 + j == skip) continue;
+      const __half* src = static_cast<const __half*>(kv.data) + kv_off(kv, which, layer, hk, t0 + j) + 8 * c;
+      cp_async16(which == 0 ? Ks + j * KS + 8 * c : Vs + j * D + 8 * c, src, 16);
+    }
+  };
+  const int new_key = fuse.k != nullptr ? n_keys - 1 : -1;
+  if constexpr (kStage) {
+    if (fuse.k != nullptr) stage(k0, new_key);  // decode: constants only, before the wait
+  }
   pdl_wait();
+  if constexpr (kStage) {
+    if (fuse.k == nullptr) stage(k0, -1);  // keys written by the previous kernel
+  }
   const float scale = 1.0f / sqrtf(static_cast<float>(D));
   if (fuse.k != nullptr) {
     constexpr int half = D / 2;
@@ -708,8 +742,15 @@ __global__ void __launch_bounds__(kAttnThreads)
         const float a = kh[j], b = kh[j + half];
         const float kr = d < half ? rope_lo(a, b, ct[j], st[j]) : rope_hi(a, b, ct[j], st[j]);
         if (kv.f16) {
-          static_cast<__half*>(kv.data)[ko + d] = __float2half_rn(kr);
-          static_cast<__half*>(kv.data)[vo + d] = __float2half_rn(vh[d]);
+          const __half kh16 = __float2half_rn(kr), vh16 = __float2half_rn(vh[d]);
+          static_cast<__half*>(kv.data)[ko + d] = kh16;
+          static_cast<__half*>(kv.data)[vo + d] = vh16;
+          if constexpr (kStage) {
+            if (pos - k0 < kAttnThreads) {  // the first tile's copy skipped it
+              Ks[(pos - k0) * KS + d] = kh16;
+              Vs[(pos - k0) * D + d] = vh16;
+            }
+          }
         } else {
           static_cast<float*>(kv.data)[ko + d] = kr;
           static_cast<float*>(kv.data)[vo + d] = vh[d];
@@ -728,19 +769,32 @@ __global__ void __launch_bounds__(kAttnThreads)
   for (int g = 0; g < kAttnMaxG; ++g)
 #pragma unroll
     for (int d = 0; d < DPL; ++d) acc[g][d] = 0.0f;
+  if constexpr (kStage) {
+    cp_async_commit();
+    cp_async_wait<0>();
+  }
   __syncthreads();
   for (int t0 = k0; t0 < k1; t0 += kAttnThreads) {
+    if constexpr (kStage) {
+      if (t0 != k0) {  // later tiles (the previous one's readers are past the barrier ending it)
+        stage(t0, -1);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+      }
+    }
     const int key = t0 + tid;
     float sc[kAttnMaxG];
 #pragma unroll
     for (int g = 0; g < kAttnMaxG; ++g) sc[g] = 0.0f;
     if (key < k1) {
-      const size_t off = kv_off(kv, 0, layer, hk, key);
+      const size_t off = kStage ? 0 : kv_off(kv, 0, layer, hk, key);
 #pragma unroll 4
       for (int d0 = 0; d0 < D; d0 += 8) {
         float kd[8];
-        if (kv.f16) {
-          const uint4 u = *reinterpret_cast<const uint4*>(static_cast<const __half*>(kv.data) + off + d0);
+        if (kStage || kv.f16) {
+          const uint4 u = kStage ? *reinterpret_cast<const uint4*>(Ks + tid * KS + d0)
+                                 : *reinterpret_cast<const uint4*>(static_cast<const __half*>(kv.data) + off + d0);
           const float2 f0 = half2_bits_to_float2(u.x), f1 = half2_bits_to_float2(u.y);
           const float2 f2 = half2_bits_to_float2(u.z), f3 = half2_bits_to_float2(u.w);
           kd[0] = f0.x, kd[1] = f0.y, kd[2] = f1.x, kd[3] = f1.y, kd[4] = f2.x, kd[5] = f2.y, kd[6] = f3.x,
@@ -814,7 +868,10 @@ __global__ void __launch_bounds__(kAttnThreads)
 #pragma unroll 4
     for (int j = warp; j < nk; j += kWarps) {
       float vv[DPL];
-      KvVec<DPL>::load(kv.data, kv_off(kv, 1, layer, hk, t0 + j) + lane * DPL, kv.f16, vv);
+      if constexpr (kStage)
+        KvVec<DPL>::load(Vs, static_cast<size_t>(j) * D + lane * DPL, true, vv);
+      else
+        KvVec<DPL>::load(kv.data, kv_off(kv, 1, layer, hk, t0 + j) + lane * DPL, kv.f16, vv);
 #pragma unroll
       for (int g = 0; g < kAttnMaxG; ++g)
         if (g < G) {
@@ -1401,13 +1458,20 @@ cudaError_t launch_attention_fast(const KvView& kv, int64_t layer, const float* 
                                   int64_t splits, const int32_t* pos0, const RowSeq* rows, float* scratch,
                                   float* out, const DecodeFuse& fuse, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(kv.n_kv_heads), static_cast<unsigned>(n), static_cast<unsigned>(splits));
+  // fp16 caches stage K/V tiles in shared memory (more than the default 48 KB: opted in once).
+  auto go = [&](auto kernel, size_t smem) -> cudaError_t {
+    if (smem > 0) {
+      const cudaError_t e =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (e != cudaSuccess) return e;
+    }
+    return launch_smem(kernel, grid, dim3(kAttnThreads), smem, stream, kv, layer, q, static_cast<int>(n_heads),
+                       static_cast<int>(splits), pos0, rows, scratch, out, fuse);
+  };
   if (kv.head_dim == 64)
-    TRY_LAUNCH(attention_fast_kernel<2>, grid, dim3(kAttnThreads), stream, kv, layer, q, static_cast<int>(n_heads),
-               static_cast<int>(splits), pos0, rows, scratch, out, fuse);
-  else
-    TRY_LAUNCH(attention_fast_kernel<4>, grid, dim3(kAttnThreads), stream, kv, layer, q, static_cast<int>(n_heads),
-               static_cast<int>(splits), pos0, rows, scratch, out, fuse);
-  return cudaSuccess;
+    return kv.f16 ? go(attention_fast_kernel<2, true>, attention_stage_bytes<2>())
+                  : go(attention_fast_kernel<2, false>, 0);
+  return kv.f16 ? go(attention_fast_kernel<4, true>, attention_stage_bytes<4>()) : go(attention_fast_kernel<4, false>, 0);
 }
 
 cudaError_t launch_attention_merge(const KvView& kv, int64_t n, int64_t n_heads, int64_t splits, const int32_t* pos0,
