@@ -152,9 +152,6 @@ void BitnetGraph::forward_multi(GraphState& scratch, std::span<const int32_t> to
   Backend& be = be_;
   const int64_t hidden = c_.hidden_size;
   const float eps = static_cast<float>(c_.rms_norm_eps);
-  be.begin_forward_multi(tokens, seqs);
-  run_layers(scratch, tokens, seqs);
-  // Final norm of the requested rows, gathered into consecutive rows of tmp, then one LM head.
   const int64_t m = static_cast<int64_t>(logit_rows.size());
   bool identity = m == n;  // every row, in order (a pass of decode steps): one launch for all of them
   for (int64_t j = 0; j < m; ++j) {
@@ -162,18 +159,33 @@ void BitnetGraph::forward_multi(GraphState& scratch, std::span<const int32_t> to
     if (r < 0 || r >= n) fail("forward: logits asked for row {} of {}", r, n);
     identity = identity && r == j;
   }
-  if (identity) {
-    be.rmsnorm(scratch.x_, output_norm_, n, eps, scratch.tmp_);
-  } else {
-    for (int64_t j = 0; j < m; ++j) {
-      const int64_t r = logit_rows[static_cast<size_t>(j)];
-      be.rmsnorm(scratch.x_ + r * hidden, output_norm_, 1, eps, scratch.tmp_ + j * hidden);
+  be.begin_forward_multi(tokens, seqs);
+  auto ops = [&] {
+    run_layers(scratch, tokens, seqs);
+    // Final norm of the requested rows, gathered into consecutive rows of tmp, then one LM head.
+    if (identity) {
+      be.rmsnorm(scratch.x_, output_norm_, n, eps, scratch.tmp_);
+    } else {
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t r = logit_rows[static_cast<size_t>(j)];
+        be.rmsnorm(scratch.x_ + r * hidden, output_norm_, 1, eps, scratch.tmp_ + j * hidden);
+      }
     }
-  }
-  if (m > 0 && argmax != nullptr)
-    be.lm_head_argmax(output_, scratch.tmp_, m, argmax);
-  else if (m > 0)
-    be.lm_head(output_, scratch.tmp_, m, logits);
+    if (m > 0 && argmax != nullptr)
+      be.lm_head_argmax(output_, scratch.tmp_, m, argmax);
+    else if (m > 0)
+      be.lm_head(output_, scratch.tmp_, m, logits);
+  };
+  // A pass of decode steps (one new row per sequence, every row's logits) is the same launches
+  // for every pass of that many sequences: the backend may record it once per batch size and
+  // replay it (CUDA graphs); positions, caches and ids travel in begin_forward_multi's buffers.
+  // (Two or more sequences: a one-sequence pass bakes that sequence's cache into its launches.)
+  const bool decode_only = identity && static_cast<int64_t>(seqs.size()) == n && n >= 2;
+  if (decode_only)
+    be.run_cached(Backend::ReplayKey{&scratch, argmax != nullptr ? static_cast<const void*>(argmax) : logits, n, false},
+                  ops);
+  else
+    ops();
   be.end_forward();
 }
 

@@ -277,6 +277,7 @@ class CudaBackend final : public Backend {
     cur_n_ = n;
     cur_pos_ = pos0;
     multi_ = false;
+    pass_sig_ = 0;
     // PDL lets a kernel's blocks start (and wait) while the previous kernel runs: a win for the
     // small launches of a decode step, a loss for multi-wave prefill kernels whose later waves
     // would find those waiting blocks in their place (pp512 -12,392 vs 15,518 tok/s on the H200).
@@ -323,6 +324,11 @@ class CudaBackend final : public Backend {
     cur_n_ = n;
     cur_pos_ = -1;  // no single position: the per-sequence operations below check the pass
     multi_ = true;
+    // The cache geometry is baked into a recorded pass (its kernels get the pool's shape by value):
+    // part of the recording's key, so a pass over another pool's shape records its own.
+    const KvCacheView& g0 = *seqs.front().kv;
+    pass_sig_ = (static_cast<uint64_t>(g0.n_blocks) << 32) ^ (static_cast<uint64_t>(g0.positions_per_block()) << 8) ^
+                (static_cast<uint64_t>(g0.n_ctx) << 40) ^ static_cast<uint64_t>(g0.dtype);
     cuda::set_pdl(false);
     multi_seqs_ = static_cast<int64_t>(seqs.size());
   }
@@ -337,14 +343,15 @@ class CudaBackend final : public Backend {
       ops();
       return;
     }
-    auto it = graphs_.find(key);
+    const GraphKey gk{key, pass_sig_};
+    auto it = graphs_.find(gk);
     if (it != graphs_.end() && it->second.exec != nullptr) {
       check(cudaGraphLaunch(it->second.exec, stream_), "cudaGraphLaunch");
       return;
     }
     if (it == graphs_.end()) {
       // First time: run eagerly, so that scratch buffers get allocated outside any recording.
-      graphs_[key] = Recording{};
+      graphs_[gk] = Recording{};
       ops();
       return;
     }
@@ -366,13 +373,13 @@ class CudaBackend final : public Backend {
     const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
     cudaGraphDestroy(g);
     check(e, "cudaGraphInstantiate");
-    graphs_[key].exec = exec;
+    graphs_[gk].exec = exec;
     check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
   }
 
   void forget(const void* owner) override {
     for (auto it = graphs_.begin(); it != graphs_.end();) {
-      if (it->first.owner == owner) {
+      if (it->first.first.owner == owner) {
         if (it->second.exec != nullptr) cudaGraphExecDestroy(it->second.exec);
         it = graphs_.erase(it);
       } else {
@@ -735,7 +742,9 @@ class CudaBackend final : public Backend {
   size_t d_ids_count_ = 0;
   cuda::QuantActs head_q_{};
   int64_t head_q_rows_ = 0;
-  std::map<ReplayKey, Recording> graphs_;
+  using GraphKey = std::pair<ReplayKey, uint64_t>;  // the pass's key and cache geometry (pass_sig_)
+  std::map<GraphKey, Recording> graphs_;
+  uint64_t pass_sig_ = 0;
   size_t weight_bytes_ = 0;
 };
 

@@ -70,7 +70,10 @@ std::shared_ptr<KvPool> Engine::new_kv_pool(int64_t n_blocks) {
 }
 
 Engine::~Engine() {
-  if (backend_ != nullptr) backend_->free_host(batch_logits_);
+  if (backend_ != nullptr) {
+    backend_->free_host(batch_logits_);
+    backend_->free_host(reinterpret_cast<float*>(batch_argmax_));
+  }
 }
 
 std::unique_ptr<Session> Engine::new_session(std::shared_ptr<KvPool> pool) {
@@ -195,7 +198,9 @@ void Engine::decode_batch(std::span<BatchItem> items, BatchOutput out) {
   const int64_t batch = opts_.n_batch;
   if (!batch_state_) batch_state_ = std::make_unique<GraphState>(*backend_, config(), batch);
   if (argmax) {
-    batch_argmax_.resize(static_cast<size_t>(batch));
+    // Page-locked (on a GPU) and at a fixed address, so the copy into it can be part of a CUDA graph.
+    if (batch_argmax_ == nullptr)
+      batch_argmax_ = reinterpret_cast<int32_t*>(backend_->alloc_host(static_cast<size_t>(batch)));
   } else if (batch_logits_cap_ < static_cast<size_t>(batch * vocab)) {
     backend_->free_host(batch_logits_);
     batch_logits_ = nullptr;
@@ -235,7 +240,7 @@ void Engine::decode_batch(std::span<BatchItem> items, BatchOutput out) {
       }
     }
     graph_->forward_multi(*batch_state_, tokens, seqs, logit_rows, batch_logits_,
-                          argmax ? batch_argmax_.data() : nullptr);
+                          argmax ? batch_argmax_ : nullptr);
     for (size_t s = 0; s < seqs.size(); ++s) {
       BatchItem& it = items[seq_items[s]];
       it.session->append(it.tokens.subspan(static_cast<size_t>(seq_offsets[s]), static_cast<size_t>(seqs[s].n)));

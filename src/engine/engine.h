@@ -112,7 +112,7 @@ class Engine {
   std::unique_ptr<GraphState> batch_state_;  // decode_batch's activation scratch (no KV cache)
   float* batch_logits_ = nullptr;             // decode_batch's logits (Backend::alloc_host: page-locked on a GPU)
   size_t batch_logits_cap_ = 0;
-  std::vector<int32_t> batch_argmax_;
+  int32_t* batch_argmax_ = nullptr;  // decode_batch's argmax ids, n_batch (alloc_host: page-locked on a GPU)
 };
 
 class Session {

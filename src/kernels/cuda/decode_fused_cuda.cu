@@ -6,7 +6,7 @@
 namespace onebit::cuda {
 namespace {
 
-constexpr int kVec = kNormGroup / 4;  // float4 of the input per thread in the prologue (cols <= 16 * threads)
+constexpr int kVec = 4;  // float4 of the input per thread in the prologue (cols <= 16 * threads)
 constexpr int kPre = 8;        // weight chunks per lane loaded before waiting for the previous kernel
 constexpr int kMaxGroups = 16;  // row groups per block
 constexpr int kMaxWarps = 16;  // 512 threads (__launch_bounds__: registers for the prefetched weights)
@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(512)
                            const float* __restrict__ norm_w, float eps) {
   extern __shared__ int4 s_codes[];  // K * 64 int8 codes
   __shared__ float red[32];
-  __shared__ float gpart[kNormMaxGroups];  // per 16-element group sums of squares
+  __shared__ float gpart[kNormMaxGroups];  // per float4 group sums of squares
   __shared__ float gtotal;
   __shared__ int qred[kMaxWarps];
   __shared__ int acc_red[kMaxWarps][kRowsPerGroup];
@@ -78,38 +78,36 @@ __global__ void __launch_bounds__(512)
   if constexpr (kPdl) pdl_wait();
 
   // RMSNorm + per-token quantization of x with the bits of rmsnorm_quantize_rows: y = x * r * w,
-  // s = 127 / max(max|y|, 1e-5), codes = clamp(rint(y * s)); thread t holds the 16 elements of
-  // group t and the sum of squares follows the canonical order of norm_group_total.
-  const int n_groups = cols / kNormGroup + (cols % kNormGroup != 0 ? 1 : 0);
-  const bool holder = tid < n_groups;
+  // s = 127 / max(max|y|, 1e-5), codes = clamp(rint(y * s)); thread t holds the float4 groups
+  // t, t + nthreads, ... and the sum of squares follows the canonical order of norm_group_total.
   float4 xv[kVec], wv[kVec];
-  float ss = 0.0f;
 #pragma unroll
   for (int v = 0; v < kVec; ++v) {
-    const int i = tid * kVec + v;
-    if (holder && i < n4) {
+    const int i = tid + v * nthreads;
+    if (i < n4) {
       xv[v] = x4[i];
       wv[v] = __ldg(w4 + i);
     }
   }
 #pragma unroll
   for (int v = 0; v < kVec; ++v) {
-    const int i = tid * kVec + v;
-    if (holder && i < n4) {
-      ss = fmaf(xv[v].x, xv[v].x, ss);
-      ss = fmaf(xv[v].y, xv[v].y, ss);
-      ss = fmaf(xv[v].z, xv[v].z, ss);
-      ss = fmaf(xv[v].w, xv[v].w, ss);
+    const int i = tid + v * nthreads;
+    if (i < n4) {
+      float g = 0.0f;
+      g = fmaf(xv[v].x, xv[v].x, g);
+      g = fmaf(xv[v].y, xv[v].y, g);
+      g = fmaf(xv[v].z, xv[v].z, g);
+      g = fmaf(xv[v].w, xv[v].w, g);
+      gpart[i] = g;
     }
   }
-  if (holder) gpart[tid] = ss;
-  ss = norm_group_total(gpart, &gtotal, n_groups);
+  const float ss = norm_group_total(gpart, &gtotal, n4);
   const float r = 1.0f / sqrtf(ss / static_cast<float>(cols) + eps);
   float m = 0.0f;
 #pragma unroll
   for (int v = 0; v < kVec; ++v) {
-    const int i = tid * kVec + v;
-    if (holder && i < n4) {
+    const int i = tid + v * nthreads;
+    if (i < n4) {
       xv[v].x = xv[v].x * r * wv[v].x;
       xv[v].y = xv[v].y * r * wv[v].y;
       xv[v].z = xv[v].z * r * wv[v].z;
@@ -129,8 +127,8 @@ __global__ void __launch_bounds__(512)
   };
 #pragma unroll
   for (int v = 0; v < kVec; ++v) {
-    const int i = tid * kVec + v;
-    if (holder && i < n4) {
+    const int i = tid + v * nthreads;
+    if (i < n4) {
       const unsigned c0 = code(xv[v].x), c1 = code(xv[v].y), c2 = code(xv[v].z), c3 = code(xv[v].w);
       codes32[i] = static_cast<int>(c0 | (c1 << 8) | (c2 << 16) | (c3 << 24));
     }

@@ -118,14 +118,15 @@ __device__ __forceinline__ float block_max(float v, float* red) { return block_r
 __device__ __forceinline__ int block_isum(int v, int* red) { return block_reduce(v, 0, red, SumOp{}); }
 
 // ---- the canonical sum of squares of an RMSNorm row ----
-// Per group of kNormGroup consecutive elements, an fmaf chain in element order from 0 (the
+// Per group of kNormGroup (4) consecutive elements, an fmaf chain in element order from 0 (the
 // caller's, stored in part[g]); then lane l of warp 0 adds groups l, l + 32, ... in order, and the
 // warp's xor butterfly; every thread gets lane 0's value. The one-block norm kernel (ops_cuda.cu)
 // and the fused decode GEMV (decode_fused_cuda.cu) both sum this way, whatever their block shape,
-// so they give the same bits. part: n_groups (<= kNormMaxGroups) floats of shared memory written by
-// the caller before the call; out: one shared float. Contains two __syncthreads.
-constexpr int kNormGroup = 16;
-constexpr int kNormMaxGroups = 512;  // rows of up to 8192 elements
+// so they give the same bits; a group is one float4, so both read the row with coalesced loads.
+// part: n_groups (<= kNormMaxGroups) floats of shared memory written by the caller before the
+// call; out: one shared float. Contains two __syncthreads.
+constexpr int kNormGroup = 4;
+constexpr int kNormMaxGroups = 2048;  // rows of up to 8192 elements
 __device__ __forceinline__ float norm_group_total(const float* part, float* out, int n_groups) {
   __syncthreads();
   if (threadIdx.x < 32) {

@@ -128,11 +128,13 @@ __global__ void rmsnorm_quantize_kernel(const float* __restrict__ x, const float
   }
 }
 
-// One block per row, blockDim.x threads, the row's values kept in registers: thread t holds the
-// kNormGroup elements [16t, 16t + 16) (dim <= 16 * blockDim.x), one read of the inputs. The sum of
-// squares is formed in the canonical order of norm_group_total (device_inline.cuh), which the fused
-// decode GEMV (decode_fused_cuda.cu) follows too, so both give the same bits.
-// kMode 0: x; 1: x += y (stored); 2: relu(x)^2 * y.
+// One block per row, blockDim.x = T threads, the row's values kept in registers: thread t holds
+// the kNormGroup-element groups t, t + T, ... (up to kFusedGroups of them; dim <= 16 * T), read
+// with coalesced loads, one read of the inputs. The sum of squares is formed in the canonical order
+// of norm_group_total (device_inline.cuh), which the fused decode GEMV (decode_fused_cuda.cu)
+// follows too, so both give the same bits. kMode 0: x; 1: x += y (stored); 2: relu(x)^2 * y.
+constexpr int kFusedGroups = 4;
+constexpr int kFusedPer = kFusedGroups * kNormGroup;
 template <int kMode>
 __global__ void __launch_bounds__(1024)
     fused_norm_quant_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ w, int dim,
@@ -144,21 +146,25 @@ __global__ void __launch_bounds__(1024)
   __shared__ float part[kNormMaxGroups];
   __shared__ float total;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
-  const int c0 = static_cast<int>(threadIdx.x) * kNormGroup;
-  const int n_groups = (dim + kNormGroup - 1) / kNormGroup;
+  const int T = blockDim.x, n_groups = (dim + kNormGroup - 1) / kNormGroup;
+  auto col = [&](int i) {  // element i of this thread's kFusedPer
+    return (static_cast<int>(threadIdx.x) + (i / kNormGroup) * T) * kNormGroup + i % kNormGroup;
+  };
   // The norm weights are constants: loaded before waiting for the kernel that wrote x / y.
-  float wv[kNormGroup];
+  float wv[kFusedPer];
 #pragma unroll
-  for (int i = 0; i < kNormGroup; ++i) {
-    const int c = c0 + i;
+  for (int i = 0; i < kFusedPer; ++i) {
+    const int c = col(i);
     wv[i] = (w != nullptr && c < dim) ? __ldg(w + c) : 0.0f;
   }
   pdl_wait();
-  float v[kNormGroup];
-  float ss = 0.0f;
+  float v[kFusedPer];
+  float gs[kFusedGroups];
 #pragma unroll
-  for (int i = 0; i < kNormGroup; ++i) {
-    const int c = c0 + i;
+  for (int k = 0; k < kFusedGroups; ++k) gs[k] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kFusedPer; ++i) {
+    const int c = col(i);
     v[i] = 0.0f;
     if (c < dim) {
       float a = x[base + c];
@@ -170,19 +176,23 @@ __global__ void __launch_bounds__(1024)
         a = (g * g) * y[base + c];
       }
       v[i] = a;
-      ss = fmaf(a, a, ss);
+      gs[i / kNormGroup] = fmaf(a, a, gs[i / kNormGroup]);
     }
   }
   float r = 1.0f;
   if (w != nullptr) {
-    if (static_cast<int>(threadIdx.x) < n_groups) part[threadIdx.x] = ss;
-    ss = norm_group_total(part, &total, n_groups);
+#pragma unroll
+    for (int k = 0; k < kFusedGroups; ++k) {
+      const int g = static_cast<int>(threadIdx.x) + k * T;
+      if (g < n_groups) part[g] = gs[k];
+    }
+    const float ss = norm_group_total(part, &total, n_groups);
     r = 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
   }
   float m = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kNormGroup; ++i) {
-    const int c = c0 + i;
+  for (int i = 0; i < kFusedPer; ++i) {
+    const int c = col(i);
     if (c < dim) {
       if (w != nullptr) v[i] = v[i] * r * wv[i];
       m = fmaxf(m, fabsf(v[i]));
@@ -193,8 +203,8 @@ __global__ void __launch_bounds__(1024)
   int8_t* q = codes + static_cast<int64_t>(blockIdx.x) * stride;
   int sum = 0;
 #pragma unroll
-  for (int i = 0; i < kNormGroup; ++i) {
-    const int c = c0 + i;
+  for (int i = 0; i < kFusedPer; ++i) {
+    const int c = col(i);
     if (c < dim) {
       int t = __float2int_rn(__fmul_rn(v[i], s));
       t = t < -128 ? -128 : (t > 127 ? 127 : t);
@@ -210,10 +220,10 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-// Threads per row of fused_norm_quant_kernel: one kNormGroup group each, at least 128.
+// Threads per row of fused_norm_quant_kernel: at least 128, kFusedPer elements each.
 int fused_threads(int64_t dim) {
   int t = 128;
-  while (t < 1024 && t * kNormGroup < dim) t *= 2;
+  while (t < 1024 && t * kFusedPer < dim) t *= 2;
   return t;
 }
 
@@ -1468,10 +1478,15 @@ cudaError_t launch_attention_fast(const KvView& kv, int64_t layer, const float* 
     return launch_smem(kernel, grid, dim3(kAttnThreads), smem, stream, kv, layer, q, static_cast<int>(n_heads),
                        static_cast<int>(splits), pos0, rows, scratch, out, fuse);
   };
+  // Staging pays for decode steps, whose few blocks each wait for their tiles; with 88 KB of shared
+  // memory a block, only two fit on an SM, so grids of more than one such wave (prefill rows, big
+  // batches) keep the unstaged kernel, which many more blocks per SM run at once (pp4096 fell from
+  // 13.2k to 7.5k tok/s and 256 sequences from 14.6k to 10.0k with staging everywhere).
+  const bool stage = kv.f16 && fuse.k != nullptr &&
+                     static_cast<int64_t>(grid.x) * grid.y * grid.z <= 2 * static_cast<int64_t>(sm_count());
   if (kv.head_dim == 64)
-    return kv.f16 ? go(attention_fast_kernel<2, true>, attention_stage_bytes<2>())
-                  : go(attention_fast_kernel<2, false>, 0);
-  return kv.f16 ? go(attention_fast_kernel<4, true>, attention_stage_bytes<4>()) : go(attention_fast_kernel<4, false>, 0);
+    return stage ? go(attention_fast_kernel<2, true>, attention_stage_bytes<2>()) : go(attention_fast_kernel<2, false>, 0);
+  return stage ? go(attention_fast_kernel<4, true>, attention_stage_bytes<4>()) : go(attention_fast_kernel<4, false>, 0);
 }
 
 cudaError_t launch_attention_merge(const KvView& kv, int64_t n, int64_t n_heads, int64_t splits, const int32_t* pos0,
