@@ -53,6 +53,15 @@ std::vector<float> randn(size_t n, float sd = 1.0f) {
   return v;
 }
 
+// True, after printing the line CTest treats as a skip, when no CUDA device can be used.
+bool skip_without_device() {
+  int devices = 0;
+  const cudaError_t e = cudaGetDeviceCount(&devices);
+  if (e == cudaSuccess && devices > 0) return false;
+  std::printf("SKIPPED: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "device count 0");
+  return true;
+}
+
 // cudaFree of every pointer (nullptr allowed).
 template <typename... Ptrs>
 void free_all(Ptrs... ptrs) {

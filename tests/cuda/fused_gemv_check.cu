@@ -172,12 +172,7 @@ void check(std::vector<int64_t> rows, int64_t cols, FusedGemvShape sh, bool pdl,
 }  // namespace
 
 int main() {
-  int devices = 0;
-  const cudaError_t e = cudaGetDeviceCount(&devices);
-  if (e != cudaSuccess || devices == 0) {
-    std::printf("SKIPPED: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "device count 0");
-    return 0;
-  }
+  if (skip_without_device()) return 0;
   for (bool pdl : {false, true}) {
     // The 2B-4T decode shapes with the backend's block shapes.
     check({2560, 640, 640}, 2560, {4, 5}, pdl);

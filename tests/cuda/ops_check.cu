@@ -805,12 +805,7 @@ void check_attention_paged(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int
 }  // namespace
 
 int main() {
-  int devices = 0;
-  const cudaError_t e = cudaGetDeviceCount(&devices);
-  if (e != cudaSuccess || devices == 0) {
-    std::printf("SKIPPED: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "device count 0");
-    return 0;
-  }
+  if (skip_without_device()) return 0;
   // GEMM: 2B-4T shapes at prefill/batch sizes, odd shapes, n around the 8/64 tile edges.
   const int64_t shapes[][2] = {{2560, 2560}, {640, 2560}, {6912, 2560}, {2560, 6912}, {8, 64},   {9, 65},
                                {13, 300},    {300, 13},   {100, 4097},  {24, 128},   {1, 1},    {17, 9000}};

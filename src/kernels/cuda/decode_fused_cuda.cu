@@ -146,10 +146,7 @@ __global__ void __launch_bounds__(512)
       const int k = k0 + t * stride;
       if (k < K) {
         const int4* q4 = s_codes + k * 4;
-        dot_word(pre[t].x, q4[0], a0, a1, a2, a3);
-        dot_word(pre[t].y, q4[1], a0, a1, a2, a3);
-        dot_word(pre[t].z, q4[2], a0, a1, a2, a3);
-        dot_word(pre[t].w, q4[3], a0, a1, a2, a3);
+        dot_chunk4(pre[t], q4[0], q4[1], q4[2], q4[3], a0, a1, a2, a3);
       }
     }
     for (int kb = k0 + kPre * stride; kb < K; kb += kPre * stride) {
@@ -164,10 +161,7 @@ __global__ void __launch_bounds__(512)
         const int k = kb + t * stride;
         if (k < K) {
           const int4* q4 = s_codes + k * 4;
-          dot_word(wv2[t].x, q4[0], a0, a1, a2, a3);
-          dot_word(wv2[t].y, q4[1], a0, a1, a2, a3);
-          dot_word(wv2[t].z, q4[2], a0, a1, a2, a3);
-          dot_word(wv2[t].w, q4[3], a0, a1, a2, a3);
+          dot_chunk4(wv2[t], q4[0], q4[1], q4[2], q4[3], a0, a1, a2, a3);
         }
       }
     }

@@ -155,4 +155,13 @@ __device__ __forceinline__ void dot_word(unsigned w, int4 x, int& a0, int& a1, i
   a3 = dp4a_us(w & 0xc0c0c0c0u, x.w, a3);
 }
 
+// One 16-byte chunk of weights (64 columns of a row) against its 64 int8 activations x0..x3.
+__device__ __forceinline__ void dot_chunk4(uint4 w, int4 x0, int4 x1, int4 x2, int4 x3, int& a0, int& a1, int& a2,
+                                           int& a3) {
+  dot_word(w.x, x0, a0, a1, a2, a3);
+  dot_word(w.y, x1, a0, a1, a2, a3);
+  dot_word(w.z, x2, a0, a1, a2, a3);
+  dot_word(w.w, x3, a0, a1, a2, a3);
+}
+
 }  // namespace onebit::cuda

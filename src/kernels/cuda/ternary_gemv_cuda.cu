@@ -83,11 +83,7 @@ __global__ void quantize_kernel(const float* __restrict__ x, int cols, int padde
 
 __device__ __forceinline__ void dot_chunk(uint4 w, const int8_t* __restrict__ qk, int& a0, int& a1, int& a2, int& a3) {
   const int4* q4 = reinterpret_cast<const int4*>(qk);
-  const int4 x0 = __ldg(q4 + 0), x1 = __ldg(q4 + 1), x2 = __ldg(q4 + 2), x3 = __ldg(q4 + 3);
-  dot_word(w.x, x0, a0, a1, a2, a3);
-  dot_word(w.y, x1, a0, a1, a2, a3);
-  dot_word(w.z, x2, a0, a1, a2, a3);
-  dot_word(w.w, x3, a0, a1, a2, a3);
+  dot_chunk4(w, __ldg(q4 + 0), __ldg(q4 + 1), __ldg(q4 + 2), __ldg(q4 + 3), a0, a1, a2, a3);
 }
 
 constexpr int kPrefetch = 4;  // weight loads issued per thread before the first use
