@@ -8,6 +8,8 @@
 // and as a fraction of that peak. The "model" line weights the shapes as one 2B-4T layer does
 // (q, k, v, o, gate, up, down) and turns the rate into prefill tokens/s for the ternary GEMMs alone.
 // Weights are random, built straight in the kernel layout; activations random int8.
+// ONEBIT_GEMM_LUT=0 runs the AVX-512 GEMM without its lookup-table share (VNNI tiles only), for
+// comparing in one binary; bench_lut_loop measures the table loop's ceilings.
 #include <algorithm>
 #include <atomic>
 #include <chrono>

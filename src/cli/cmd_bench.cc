@@ -1,6 +1,7 @@
 // `1bit bench`: prompt-processing and generation speed, with the memory roofline of decode.
 //
-//   1bit bench -m model.h1b [-p 512] [-n 128] [-r 5] [--threads N] [--lm-head bf16|int8] [--json]
+//   1bit bench -m model.h1b [-p 512] [-n 128] [-r 5] [--threads N] [--lm-head bf16|int8]
+//              [--kv f32|f16|q8|q4r] [--json]
 //
 //  - ppP: one batched prefill of P random token ids into an empty session; tokens/s = P / time.
 //  - tgN: after an untimed prompt of --depth random ids (default 16), N single-token decode steps, each
@@ -43,13 +44,10 @@ namespace {
 
 struct BenchOptions {
   std::string model;
-  std::string device = "cpu";
+  EngineFlags engine;  // -t, --lm-head, --device, --kv
   int64_t n_prompt = 512;
   int64_t n_gen = 128;
   int reps = 5;
-  int threads = 0;
-  std::string lm_head = "bf16";
-  std::string kv = "f32";
   int64_t depth = 16;  // tokens in the KV cache before the tg steps
   int64_t batch = 1;   // sequences decoding together in tg
   bool json = false;
@@ -93,7 +91,7 @@ nlohmann::ordered_json stats_json(int64_t n, const Stats& s) {
 }
 
 int run_bench(const BenchOptions& o) {
-  const Device device = device_from_name(o.device);
+  const Device device = device_from_name(o.engine.device);
   if (o.n_prompt < 0 || o.n_gen < 0) fail("-p and -n must be >= 0, got {} and {}", o.n_prompt, o.n_gen);
   if (o.n_prompt == 0 && o.n_gen == 0) fail("nothing to measure: -p and -n are both 0");
   if (o.reps < 1) fail("-r must be >= 1, got {}", o.reps);
@@ -107,15 +105,14 @@ int run_bench(const BenchOptions& o) {
   if (need > max_pos)
     fail("the benchmark needs {} positions (-p {}, or --depth {} + -n {}) but the model's context is {}", need,
          o.n_prompt, o.depth, o.n_gen, max_pos);
-  EngineOptions eo = engine_options(o.threads, o.lm_head, o.device);
+  EngineOptions eo = engine_options(o.engine);
   eo.n_ctx = need;
-  eo.kv_dtype = o.kv == "f16" ? KvDtype::kF16 : KvDtype::kF32;
   // On a GPU the whole prompt is one pass (the CPU keeps its 256-row chunks).
   if (device == Device::kCuda) eo.n_batch = std::max<int64_t>(o.n_prompt, 256);
   auto engine = Engine::load(*model, eo);
   auto session = engine->new_session();
   const int64_t vocab = engine->n_vocab();
-  int threads = o.threads;
+  int threads = o.engine.threads;
   // The int8 head is a backend copy, counted in weight_bytes(); the stored one stays in the model.
   size_t bytes_per_token = eo.lm_head == LmHead::kAsStored ? lm_head_bytes(*model) : 0;
   if (auto* cpu = dynamic_cast<CpuBackend*>(&engine->backend())) {
@@ -125,6 +122,12 @@ int run_bench(const BenchOptions& o) {
     threads = 0;
     bytes_per_token += engine->backend().weight_bytes();
   }
+
+  // KV cache bytes per position (K and V rows of every layer and KV head, with their scales): a
+  // decode step at context L reads L of these, which bytes/token below leaves out.
+  const ModelConfig& mc = engine->config();
+  const size_t kv_bytes_per_pos =
+      2 * static_cast<size_t>(mc.num_layers * mc.num_kv_heads) * kv_row_bytes(eo.kv_dtype, mc.head_dim);
 
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
@@ -203,10 +206,13 @@ int run_bench(const BenchOptions& o) {
   if (o.json) {
     nlohmann::ordered_json j;
     j["model"] = path;
-    j["device"] = o.device;
+    j["device"] = o.engine.device;
     j["backend"] = std::string(engine->backend_name());
     j["threads"] = threads;
-    j["lm_head"] = o.lm_head;
+    j["lm_head"] = o.engine.lm_head;
+    j["kv"] = o.engine.kv;
+    j["kv_bytes_per_position"] = kv_bytes_per_pos;
+    j["depth"] = o.depth;
     j["batch"] = o.batch;
     j["reps"] = o.reps;
     if (pp) j["pp"] = stats_json(o.n_prompt, *pp);
@@ -221,7 +227,7 @@ int run_bench(const BenchOptions& o) {
     return 0;
   }
   std::printf("model    %s (%s backend, %d threads, %s LM head)\n", path.c_str(),
-              std::string(engine->backend_name()).c_str(), threads, o.lm_head.c_str());
+              std::string(engine->backend_name()).c_str(), threads, o.engine.lm_head.c_str());
   std::printf("%-8s %12s %12s %12s   (tokens/s over %d runs)\n", "test", "median", "min", "max", o.reps);
   auto row = [](const char* kind, int64_t n, const Stats& s) {
     const std::string name = std::string(kind) + std::to_string(n);
@@ -230,7 +236,10 @@ int run_bench(const BenchOptions& o) {
   if (pp) row("pp", o.n_prompt, *pp);
   if (tg) row(o.batch > 1 ? ("tg(x" + std::to_string(o.batch) + ")").c_str() : "tg", o.n_gen, *tg);
   std::printf("bytes/token  %.2f MiB (ternary weights in kernel layout + norms + %s LM head)\n",
-              static_cast<double>(bytes_per_token) / (1 << 20), o.lm_head.c_str());
+              static_cast<double>(bytes_per_token) / (1 << 20), o.engine.lm_head.c_str());
+  std::printf("kv cache     %s, %zu bytes/position (not in bytes/token; tg steps attend to %lld..%lld positions)\n",
+              o.engine.kv.c_str(), kv_bytes_per_pos, static_cast<long long>(o.depth + 1),
+              static_cast<long long>(o.depth + o.n_gen));
   if (!o.no_membw) {
     if (device == Device::kCuda)
       std::printf("memory bw    %.2f GB/s (GPU device-to-device copy, read + write, %zu MiB, best of %d)\n",
@@ -260,13 +269,12 @@ const CommandRegistrar kBench{{
       app.add_option("-p,--n-prompt", o->n_prompt, "Prompt tokens for pp (0 = skip)")->capture_default_str();
       app.add_option("-n,--n-gen", o->n_gen, "Generated tokens for tg (0 = skip)")->capture_default_str();
       app.add_option("-r,--repetitions", o->reps, "Runs of each test")->capture_default_str();
-      add_engine_flags(app, o->threads, o->lm_head, o->device);
+      add_engine_flags(app, o->engine);
       app.add_option("-d,--depth", o->depth, "Prompt tokens in the KV cache before the tg steps (tg context)")
           ->capture_default_str();
       app.add_option("-b,--batch", o->batch,
                      "Sequences decoding together in tg (Engine::decode_batch); tokens/s counts them all")
           ->capture_default_str();
-      app.add_option("--kv", o->kv, "KV cache element type: f32 or f16")->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
       app.add_flag("--no-membw", o->no_membw, "Skip the memory bandwidth measurement");
       app.add_flag("--json", o->json, "Print the results as one JSON object");
       return [o] { return run_bench(*o); };

@@ -71,9 +71,7 @@ struct ChatOptions {
   int top_k = 40;
   float repeat_penalty = 1.0f;
   int64_t ctx = 0;
-  int threads = 0;
-  std::string lm_head = "bf16";
-  std::string device = "cpu";
+  EngineFlags engine;  // -t, --lm-head, --device, --kv
   bool verbose = false;
   bool no_cache = false;
 };
@@ -140,7 +138,7 @@ int run_chat(const ChatOptions& o) {
   const std::string bos_text = bos >= 0 ? tok.token_text(bos) : "";
   const std::string eos_text = tok.eos_id() >= 0 ? tok.token_text(tok.eos_id()) : "";
 
-  EngineOptions eo = engine_options(o.threads, o.lm_head, o.device);
+  EngineOptions eo = engine_options(o.engine);
   eo.n_ctx = o.ctx;
   auto engine = Engine::load(*model, eo);
   auto session = engine->new_session();
@@ -283,7 +281,7 @@ const CommandRegistrar kChat{{
       app.add_option("--top-k", o->top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
       app.add_option("--repeat-penalty", o->repeat_penalty, "Repetition penalty (1 = off)")->capture_default_str();
       app.add_option("--ctx", o->ctx, "Context length in tokens (0 = model maximum, at most 4096)")->capture_default_str();
-      add_engine_flags(app, o->threads, o->lm_head, o->device);
+      add_engine_flags(app, o->engine);
       app.add_flag("-v,--verbose", o->verbose, "Print per-turn prompt reuse and speed to stderr");
       app.add_flag("--no-cache", o->no_cache, "Re-prefill the whole conversation every turn (for testing)");
       return [o] { return run_chat(*o); };

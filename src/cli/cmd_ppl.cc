@@ -36,9 +36,7 @@ struct PplOptions {
   std::string model;
   std::string file;
   int64_t ctx = 0;
-  int threads = 0;
-  std::string lm_head = "bf16";
-  std::string device = "cpu";
+  EngineFlags engine;  // -t, --lm-head, --device, --kv
   bool json = false;
 };
 
@@ -81,7 +79,7 @@ int run_ppl(const PplOptions& o) {
   if (n_tok - (extra ? 0 : 1) < 1)
     fail("{}: {} tokens are too few to score (need at least {})", o.file, n_tok, extra ? 1 : 2);
 
-  EngineOptions eo = engine_options(o.threads, o.lm_head, o.device);
+  EngineOptions eo = engine_options(o.engine);
   eo.n_ctx = window + extra - 1;
   auto engine = Engine::load(*model, eo);
   auto session = engine->new_session();
@@ -125,13 +123,15 @@ int run_ppl(const PplOptions& o) {
     j["ctx"] = window;
     j["bos"] = extra != 0;
     j["tokens_per_s"] = tps;
+    j["kv"] = o.engine.kv;
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf(ppl < 1e6 ? "ppl %.4f  (nll %.6f)\n" : "ppl %.6e  (nll %.6f)\n", ppl, nll);
     std::printf("tokens scored %lld in %lld windows of %lld tokens%s\n", static_cast<long long>(scored),
                 static_cast<long long>(windows), static_cast<long long>(window), extra ? " (+BOS)" : "");
-    std::printf("speed %.1f tokens/s (%lld tokens evaluated in %.2f s, %s backend)\n", tps,
-                static_cast<long long>(evaluated), secs, std::string(engine->backend_name()).c_str());
+    std::printf("speed %.1f tokens/s (%lld tokens evaluated in %.2f s, %s backend, %s KV cache)\n", tps,
+                static_cast<long long>(evaluated), secs, std::string(engine->backend_name()).c_str(),
+                o.engine.kv.c_str());
   }
   return 0;
 }
@@ -152,7 +152,7 @@ const CommandRegistrar kPpl{{
       app.add_option("--ctx", o->ctx,
                      "Tokens per window (0 = min(512, model context))")
           ->capture_default_str();
-      add_engine_flags(app, o->threads, o->lm_head, o->device);
+      add_engine_flags(app, o->engine);
       app.add_flag("--json", o->json, "Print {\"ppl\",\"nll\",\"tokens\",\"windows\",\"ctx\",...} as JSON");
       return [o] { return run_ppl(*o); };
     },

@@ -36,9 +36,7 @@ struct RunOptions {
   float top_p = 0.95f;
   int top_k = 40;
   int64_t ctx = 0;
-  int threads = 0;
-  std::string lm_head = "bf16";
-  std::string device = "cpu";
+  EngineFlags engine;  // -t, --lm-head, --device, --kv
   bool verbose = false;
 };
 
@@ -64,7 +62,7 @@ int run(const RunOptions& o) {
   if (model->tokenizer.add_bos && bos >= 0 && (ids.empty() || ids.front() != bos)) ids.insert(ids.begin(), bos);
   if (ids.empty()) fail("the prompt is empty after tokenization");
 
-  EngineOptions eo = engine_options(o.threads, o.lm_head, o.device);
+  EngineOptions eo = engine_options(o.engine);
   eo.n_ctx = o.ctx;
   auto engine = Engine::load(*model, eo);
   if (static_cast<int64_t>(ids.size()) > engine->n_ctx())
@@ -136,7 +134,7 @@ const CommandRegistrar kRun{{
       app.add_option("--top-p", o->top_p, "Nucleus sampling mass (1 = off)")->capture_default_str();
       app.add_option("--top-k", o->top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
       app.add_option("--ctx", o->ctx, "Context length in tokens (0 = model maximum, at most 4096)")->capture_default_str();
-      add_engine_flags(app, o->threads, o->lm_head, o->device);
+      add_engine_flags(app, o->engine);
       app.add_flag("-v,--verbose", o->verbose, "Print timings to stderr");
       return [o] { return run(*o); };
     },

@@ -2,7 +2,8 @@
 //
 //   1bit serve [-m MODEL] [--host 127.0.0.1] [--port 8180] [--api-key KEY] [--ctx N] [--parallel N]
 //              [--kv-block N] [--kv-blocks N] [--max-queue N] [--timeout S] [--cors-origin ORIGIN]...
-//              [-t THREADS] [--device cpu|cuda] [--lm-head bf16|int8] [--http-threads N]
+//              [-t THREADS] [--device cpu|cuda] [--lm-head bf16|int8] [--kv f32|f16|q8|q4r]
+//              [--http-threads N]
 //
 // Logs go to stderr; "listening on http://HOST:PORT" is printed there once the socket is bound
 // (with --port 0, PORT is the one the system picked). SIGINT/SIGTERM stop it gracefully.
@@ -35,6 +36,7 @@ const CommandRegistrar kServe{{
       app.add_option("--lm-head", o->lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
           ->check(CLI::IsMember({"bf16", "int8"}))
           ->capture_default_str();
+      add_kv_flag(app, o->kv);
       app.add_option("--http-threads", o->http_threads, "HTTP threads")->capture_default_str();
       app.add_option("--max-queue", o->max_queue,
                      "Requests that may wait for a free slot; more get 429 (0 = 64 x --parallel)")->capture_default_str();

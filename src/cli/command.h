@@ -46,9 +46,18 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 // The whole of a file as bytes; "" or "-" reads stdin. Throws Error naming the file.
 std::string read_input(const std::string& path);
 
-// -t/--threads, --lm-head and --device, shared by the commands that run the model.
-void add_engine_flags(CLI::App& app, int& threads, std::string& lm_head, std::string& device);
-// EngineOptions with those three set (Error on an unknown name); the rest at their defaults.
-EngineOptions engine_options(int threads, const std::string& lm_head, const std::string& device);
+// The engine options every command that runs the model takes (run, chat, ppl, bench).
+struct EngineFlags {
+  int threads = 0;               // -t/--threads
+  std::string lm_head = "bf16";  // --lm-head
+  std::string device = "cpu";    // --device
+  std::string kv = "f32";        // --kv
+};
+// Adds -t/--threads, --lm-head, --device and --kv to `app`.
+void add_engine_flags(CLI::App& app, EngineFlags& f);
+// --kv f32|f16|q8|q4r alone (`1bit serve` has its own options struct).
+void add_kv_flag(CLI::App& app, std::string& kv);
+// EngineOptions with those four set (Error on an unknown name); the rest at their defaults.
+EngineOptions engine_options(const EngineFlags& f);
 
 }  // namespace onebit::cli

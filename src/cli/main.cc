@@ -18,19 +18,31 @@ std::vector<Command>& commands() {
 
 bool stderr_is_tty() { return ::isatty(STDERR_FILENO) == 1; }
 
-void add_engine_flags(CLI::App& app, int& threads, std::string& lm_head, std::string& device) {
-  app.add_option("-t,--threads", threads, "CPU threads (0 = all)")->capture_default_str();
-  app.add_option("--lm-head", lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
-      ->check(CLI::IsMember({"bf16", "int8"}))
+void add_kv_flag(CLI::App& app, std::string& kv) {
+  std::vector<std::string> names;
+  for (KvDtype t : kAllKvDtypes) names.emplace_back(kv_dtype_name(t));
+  app.add_option("--kv", kv,
+                 "KV cache type: f32, f16, q8 (int8, one scale per position and head) or q4r (Hadamard-rotated "
+                 "4-bit, a scale per 32 values); q8 and q4r on the CPU only")
+      ->check(CLI::IsMember(names))
       ->capture_default_str();
-  app.add_option("--device", device, "cpu, or cuda (GPU 0)")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
 }
 
-EngineOptions engine_options(int threads, const std::string& lm_head, const std::string& device) {
+void add_engine_flags(CLI::App& app, EngineFlags& f) {
+  app.add_option("-t,--threads", f.threads, "CPU threads (0 = all)")->capture_default_str();
+  app.add_option("--lm-head", f.lm_head, "LM head: bf16 (as stored in the file) or int8 (per-row int8 copy, half the bytes)")
+      ->check(CLI::IsMember({"bf16", "int8"}))
+      ->capture_default_str();
+  app.add_option("--device", f.device, "cpu, or cuda (GPU 0)")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  add_kv_flag(app, f.kv);
+}
+
+EngineOptions engine_options(const EngineFlags& f) {
   EngineOptions eo;
-  eo.n_threads = threads;
-  eo.lm_head = lm_head_from_name(lm_head);
-  eo.device = device_from_name(device);
+  eo.n_threads = f.threads;
+  eo.lm_head = lm_head_from_name(f.lm_head);
+  eo.device = device_from_name(f.device);
+  eo.kv_dtype = kv_dtype_from_name(f.kv);
   return eo;
 }
 

@@ -10,11 +10,13 @@
 // float[n][dim]. Rows of one call are consecutive positions pos0, pos0 + 1, ... of one sequence.
 //
 // KV cache layout (every backend): paged. A pool of n_blocks blocks of block_size positions holds
-// [K|V][layer][block][kv_head][block_size][head_dim] (fp32 or fp16), so one block's positions of
-// one (layer, kv head) are one contiguous run. A sequence maps its position p to slot
-// p % block_size of pool block block_table[p / block_size]. A contiguous cache is the case of one
-// block of n_ctx positions (n_blocks = 1, table {0}): its layout is [K|V][layer][kv_head][pos]
-// [head_dim], which is all a backend without supports_paged_kv() is ever given.
+// [K|V][layer][block][kv_head][block_size] rows, a row being one position's head_dim values of one
+// (layer, kv head) in the cache's KvDtype (kv_row_bytes: fp32, fp16, or int8 / 4-bit codes followed
+// by their scales), so one block's positions of one (layer, kv head) are one contiguous run of
+// rows. A sequence maps its position p to slot p % block_size of pool block
+// block_table[p / block_size]. A contiguous cache is the case of one block of n_ctx positions
+// (n_blocks = 1, table {0}): its layout is [K|V][layer][kv_head][pos][row], which is all a backend
+// without supports_paged_kv() is ever given.
 #pragma once
 
 #include <cstddef>
@@ -41,9 +43,31 @@ struct QuantBuffer {
   int64_t rows = 0, cols = 0;  // capacity
 };
 
-enum class KvDtype : uint8_t { kF32, kF16 };
+// How the KV cache stores a row of head_dim values (EngineOptions::kv_dtype, `--kv`):
+//  - kF32 ("f32"), kF16 ("f16"): the values;
+//  - kQ8 ("q8"): int8 codes, one fp32 scale per row (per position and kv head): d = max|x| / 127,
+//    code = rint(x / d) (half to even) in [-127, 127], x ~ d * code;
+//  - kQ4R ("q4r"): the row rotated by the normalized Walsh-Hadamard matrix H (head_dim must be a
+//    power of two, >= 16), then 4-bit codes in [-7, 7] with one fp32 scale d = max|y| / 7 per group
+//    of kv_q4_group(head_dim) = min(32, head_dim) values. H is orthonormal and symmetric, so
+//    attention rotates q by H (q.k = Hq.Hk) and un-rotates the weighted sum of values (H^-1 = H).
+// Byte layout of one row (engine/kv_quant.h gives the details): kv_row_bytes(dtype, head_dim).
+enum class KvDtype : uint8_t { kF32, kF16, kQ8, kQ4R };
+inline constexpr KvDtype kAllKvDtypes[] = {KvDtype::kF32, KvDtype::kF16, KvDtype::kQ8, KvDtype::kQ4R};
+// Bytes per value of the plain dtypes (f32: 4, f16: 2); 0 for the quantized ones, whose rows
+// carry scales (use kv_row_bytes).
 size_t kv_dtype_size(KvDtype t);
-std::string_view kv_dtype_name(KvDtype t);
+std::string_view kv_dtype_name(KvDtype t);  // "f32", "f16", "q8", "q4r"
+// Parses those names; throws Error naming the accepted values otherwise.
+KvDtype kv_dtype_from_name(std::string_view name);
+bool kv_dtype_quantized(KvDtype t);  // q8, q4r
+// Values per q4r scale: min(32, head_dim).
+int64_t kv_q4_group(int64_t head_dim);
+// Throws Error when `t` cannot store heads of head_dim values (q4r: not a power of two >= 16).
+void check_kv_dtype_head_dim(KvDtype t, int64_t head_dim);
+// Bytes of one row (head_dim values of one position, one kv head, K or V) with its scales:
+// f32 4·D, f16 2·D, q8 round_up(D, 4) + 4, q4r D/2 + 4·D/kv_q4_group(D).
+size_t kv_row_bytes(KvDtype t, int64_t head_dim);
 
 // How the LM head is computed (EngineOptions::lm_head, `--lm-head`):
 //  - kAsStored ("bf16"): the matrix as the file stores it (bf16 for 2B-4T), fp32 dot products;
@@ -59,7 +83,7 @@ LmHead lm_head_from_name(std::string_view name);
 // n_ctx, n_blocks == 1) exactly what they meant before paging: a backend that does not support
 // paged KV reads only those.
 struct KvCacheView {
-  void* data = nullptr;  // the pool: [2][layer][block][kv_head][block_size][head_dim]
+  void* data = nullptr;  // the pool: [2][layer][block][kv_head][block_size] rows of row_bytes()
   KvDtype dtype = KvDtype::kF32;
   int64_t n_layers = 0, n_kv_heads = 0;
   int64_t n_ctx = 0;  // positions the sequence may address (its context)
@@ -75,10 +99,19 @@ struct KvCacheView {
   // Positions the view can store now: block_table_size blocks, or n_blocks without a table.
   int64_t mapped_positions() const;
   // Elements (not bytes) from `data` to the first value of (which = 0 for K, 1 for V, layer,
-  // pool block, kv head): block_size rows of head_dim follow.
+  // pool block, kv head): block_size rows of head_dim follow. For f32 and f16 only (a quantized
+  // row is not a whole number of values: use block_byte_offset).
   size_t block_offset(int64_t which, int64_t layer, int64_t block, int64_t head) const {
     return static_cast<size_t>((((which * n_layers + layer) * n_blocks + block) * n_kv_heads + head) *
                                positions_per_block() * head_dim);
+  }
+  size_t row_bytes() const { return kv_row_bytes(dtype, head_dim); }
+  // Bytes from `data` to the first row of (which, layer, pool block, kv head), any dtype:
+  // block_size rows of row_bytes() follow.
+  size_t block_byte_offset(int64_t which, int64_t layer, int64_t block, int64_t head) const {
+    return static_cast<size_t>((((which * n_layers + layer) * n_blocks + block) * n_kv_heads + head) *
+                               positions_per_block()) *
+           row_bytes();
   }
   size_t bytes() const;  // of the whole pool
 };
@@ -162,6 +195,9 @@ class Backend {
   // of small blocks shared by sequences, prefix caching, kv_copy_block). Without it the engine
   // gives each sequence its own contiguous cache (one block of n_ctx positions) and never shares.
   virtual bool supports_paged_kv() const { return false; }
+  // Whether kv_store / attention handle a cache of this dtype. Engine::load refuses the others with
+  // an Error. Default: f32 and f16 (the CPU backend also does q8 and q4r).
+  virtual bool supports_kv_dtype(KvDtype t) const { return t == KvDtype::kF32 || t == KvDtype::kF16; }
   // Drops the recordings of `owner` (a GraphState being destroyed).
   virtual void forget(const void* /*owner*/) {}
 

@@ -56,6 +56,9 @@ class CpuBackend final : public Backend {
                 int64_t pos0) override;
   // Paged: positions follow the block table (a contiguous cache is one block of n_ctx).
   bool supports_paged_kv() const override { return true; }
+  // Every KvDtype: f32, f16, q8 and q4r (quantized by kv_store, dequantized inside attention's dot
+  // and axpy kernels; kv_quant.h).
+  bool supports_kv_dtype(KvDtype) const override { return true; }
   void kv_copy_block(const KvCacheView& kv, int32_t src, int32_t dst, int64_t n) override;
   void attention(const KvCacheView& kv, int64_t layer, const float* q, int64_t n, int64_t n_heads, int64_t pos0,
                  float* out) override;

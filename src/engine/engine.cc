@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <string>
 
 #include <fmt/format.h>
 
@@ -43,6 +44,7 @@ std::unique_ptr<Engine> Engine::load(const Model& model, const EngineOptions& op
   if (o.n_threads < 0) fail("thread count must be >= 0, got {}", o.n_threads);
   if (o.kv_block < 0) fail("KV block size must be >= 0 positions (0 = the whole context), got {}", o.kv_block);
   o.n_batch = std::min(o.n_batch, o.n_ctx);
+  check_kv_dtype_head_dim(o.kv_dtype, c.head_dim);
 
   std::unique_ptr<Engine> e(new Engine());
   e->opts_ = o;
@@ -51,6 +53,13 @@ std::unique_ptr<Engine> Engine::load(const Model& model, const EngineOptions& op
     e->backend_ = make_cuda_backend();
   } else {
     e->backend_ = std::make_unique<CpuBackend>(CpuBackendOptions{o.n_threads, o.reference});
+  }
+  if (!e->backend_->supports_kv_dtype(o.kv_dtype)) {
+    std::string have;
+    for (KvDtype t : kAllKvDtypes)
+      if (e->backend_->supports_kv_dtype(t)) have += fmt::format("{}{}", have.empty() ? "" : ", ", kv_dtype_name(t));
+    fail("the {} backend has no {} KV cache (it supports {}): choose one of those with --kv, or --device cpu",
+         e->backend_->name(), kv_dtype_name(o.kv_dtype), have);
   }
   // Without paged KV a sequence's cache must be one contiguous block of the whole context.
   if (o.kv_block == 0 || o.kv_block > o.n_ctx || !e->backend_->supports_paged_kv()) o.kv_block = o.n_ctx;

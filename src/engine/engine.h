@@ -44,6 +44,8 @@ struct EngineOptions {
   int64_t n_ctx = 0;      // context length (KV cache positions); 0 = min(max_position_embeddings, 4096)
   int n_threads = 0;      // CPU threads, 0 = all hardware threads
   int64_t n_batch = 256;  // token rows per forward pass; longer prompts are split into chunks
+  // KV cache type (`--kv`): f32, f16, q8 or q4r (backend.h, kv_quant.h). Error at load when the
+  // backend has no such cache (Backend::supports_kv_dtype) or q4r meets an unsuitable head_dim.
   KvDtype kv_dtype = KvDtype::kF32;
   bool reference = false;  // scalar reference ops instead of the SIMD kernels (tests, debugging)
   // kInt8: quantize the LM head per row to int8 at load (an engine-owned copy, 1 byte per weight

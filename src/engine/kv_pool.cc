@@ -12,8 +12,7 @@ int64_t KvCacheView::mapped_positions() const {
 }
 
 size_t KvCacheView::bytes() const {
-  return 2 * static_cast<size_t>(n_layers * n_blocks * n_kv_heads * positions_per_block() * head_dim) *
-         kv_dtype_size(dtype);
+  return 2 * static_cast<size_t>(n_layers * n_blocks * n_kv_heads * positions_per_block()) * row_bytes();
 }
 
 void Backend::kv_copy_block(const KvCacheView&, int32_t, int32_t, int64_t) {
@@ -190,6 +189,9 @@ std::vector<int32_t> KvBlockManager::acquire_prefix(int32_t parent, std::span<co
 KvPool::KvPool(Backend& be, const ModelConfig& c, KvDtype dtype, int64_t block_size, int64_t n_blocks,
                bool prefix_cache)
     : be_(be), blocks_(n_blocks, block_size), prefix_cache_(prefix_cache) {
+  check_kv_dtype_head_dim(dtype, c.head_dim);
+  if (!be_.supports_kv_dtype(dtype))
+    fail("the {} backend has no {} KV cache", be_.name(), kv_dtype_name(dtype));
   view_.dtype = dtype;
   view_.n_layers = c.num_layers;
   view_.n_kv_heads = c.num_kv_heads;

@@ -153,6 +153,7 @@ class Server {
         eo.n_threads = opts_.threads;
         eo.device = device_from_name(opts_.device);
         eo.lm_head = lm_head_from_name(opts_.lm_head);
+        eo.kv_dtype = kv_dtype_from_name(opts_.kv);
         eo.kv_block = opts_.kv_block;
         auto engine = Engine::load(*model_, eo);
         SchedulerOptions so;
@@ -163,8 +164,8 @@ class Server {
         engine_ = std::move(engine);
         sched_ = std::move(sched);
         loaded_.store(true, std::memory_order_release);
-        log("model {} ({} backend, context {} tokens, {} parallel, queue up to {}, KV: {})", model_id_,
-            engine_->backend_name(), engine_->n_ctx(), opts_.parallel, sched_->max_queue(),
+        log("model {} ({} backend, context {} tokens, {} parallel, queue up to {}, KV {}: {})", model_id_,
+            engine_->backend_name(), engine_->n_ctx(), opts_.parallel, sched_->max_queue(), opts_.kv,
             sched_->shared_kv()
                 ? fmt::format("{} blocks of {} positions, shared, prefix cache", sched_->kv_blocks(),
                               sched_->kv_block_size())

@@ -25,6 +25,7 @@ struct ServerOptions {
   int threads = 0;           // engine CPU threads, 0 = all
   std::string device = "cpu";  // "cpu" or "cuda" (EngineOptions::device)
   std::string lm_head = "bf16";  // "bf16" or "int8" (EngineOptions::lm_head)
+  std::string kv = "f32";        // "f32", "f16", "q8" or "q4r" (EngineOptions::kv_dtype)
   int http_threads = 2;
   size_t body_limit = 1u << 20;
   size_t max_queue = 0;      // requests waiting for a session before 429; 0 = 64 x parallel

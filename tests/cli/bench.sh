@@ -30,6 +30,27 @@ print("bench", {k: j[k] for k in ("bytes_per_token", "membw_bytes_per_s", "roofl
 PY
 "$BIN" bench -m "$W/tiny.h1b" -p 16 -n 4 -r 1 --no-membw | grep -q "^tg4 "
 
+# --kv: every KV cache type runs on the CPU; bytes per position of the tiny shape (4 layers, 4 KV
+# heads of 32): K and V rows of 32 x 4 B (f32), 32 x 2 B (f16), 32 + 4 B (q8), 16 + 4 B (q4r).
+for kv in f32:4096 f16:2048 q8:1152 q4r:640; do
+  "$BIN" bench -m "$W/tiny.h1b" -p 16 -n 4 -r 1 -d 40 --no-membw --kv "${kv%%:*}" --json > "$W/kv.json"
+  python3 - "$W/kv.json" "${kv%%:*}" "${kv##*:}" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["kv"] == sys.argv[2] and j["kv_bytes_per_position"] == int(sys.argv[3]), j
+assert j["tg"]["tokens_per_s"] > 0 and j["depth"] == 40, j
+PY
+done
+# A backend without q8 refuses it at load with a message (never a crash); without a GPU the error is
+# the missing device.
+set +e
+"$BIN" bench -m "$W/tiny.h1b" -p 16 -n 4 -r 1 --no-membw --device cuda --kv q8 > /dev/null 2> "$W/err.txt"
+rc=$?
+set -e
+if [ "$rc" -ne 1 ] || ! grep -qE "no CUDA device|has no CUDA backend|has no q8 KV cache" "$W/err.txt"; then
+  echo "bench --device cuda --kv q8: expected exit 1 with a clear error, got $rc:"; cat "$W/err.txt"; exit 1
+fi
+
 set +e
 "$BIN" bench -m "$W/tiny.h1b" -p 16 -n 4 -r 1 --no-membw --device cuda > "$W/cuda.txt" 2> "$W/err.txt"
 rc=$?

@@ -36,6 +36,20 @@ print("ppl", a["ppl"], "over", a["tokens"], "tokens")
 PY
 # Human output names the numbers.
 "$BIN" ppl -m "$W/tiny.h1b" -f "$W/text.txt" --ctx 100 | grep -q "^ppl "
+# Quantized KV caches (--kv): the same windows, a perplexity close to the fp32 cache's.
+for kv in f16 q8 q4r; do
+  "$BIN" ppl -m "$W/tiny.h1b" -f "$W/text.txt" --ctx 100 --json -t 2 --kv "$kv" > "$W/kv_$kv.json"
+done
+python3 - "$W" <<'PY'
+import json, math, sys
+w = sys.argv[1]
+a = json.load(open(f"{w}/a.json"))
+for kv, tol in (("f16", 1e-3), ("q8", 0.02), ("q4r", 0.1)):
+    j = json.load(open(f"{w}/kv_{kv}.json"))
+    assert j["tokens"] == a["tokens"] and j["windows"] == a["windows"] and j["kv"] == kv, (kv, j)
+    assert math.isfinite(j["ppl"]) and abs(j["nll"] - a["nll"]) <= tol * a["nll"], (kv, j["nll"], a["nll"])
+    print("ppl --kv", kv, j["ppl"], "(f32", a["ppl"], ")")
+PY
 
 expect_error() {  # expect_error PATTERN CMD...: exit status 1 and PATTERN on stderr
   local pat="$1"; shift

@@ -1,6 +1,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/base/error.h"
@@ -28,6 +29,15 @@ uint8_t* gemm_scratch(int64_t bytes) {
   thread_local AlignedVector<uint8_t> buf;
   if (static_cast<int64_t>(buf.size()) < bytes) buf.resize(static_cast<size_t>(bytes));
   return buf.data();
+}
+
+// ONEBIT_GEMM_LUT=0 turns the AVX-512 GEMM's lookup-table share off (same results, for comparing).
+bool gemm_lut_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("ONEBIT_GEMM_LUT");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return on;
 }
 
 void zero_padding(QuantizedActs& q, int64_t i) {
@@ -63,18 +73,39 @@ void ternary_gemm(const PackedTernary& w, const QuantizedActs& x, float* y, int6
   if (x.rows() == 0) return;
   const auto& k = table(isa);
   const detail::WeightsView wv = view(w);
-  const detail::ActsView xv{x.row(0), x.stride(), x.scale.data(), x.sum.data(), x.rows()};
+  const int64_t n = x.rows();
+  const bool lut = gemm_lut_enabled();
   if (pool == nullptr) pool = &ThreadPool::global();
-  if (x.rows() == 1) {
+  if (n == 1) {
+    const detail::ActsView xv{x.row(0), x.stride(), x.scale.data(), x.sum.data(), 1};
     pool->parallel_for(w.row_groups, 1, [&](int64_t g0, int64_t g1) { k.ternary_gemm(wv, xv, y, y_stride, g0, g1, nullptr); });
     return;
   }
-  // Chunks of whole tiles, so each tile's weights are unpacked once; about two chunks per thread,
-  // since the AVX-512 kernel's lookup tables are built per chunk and pay off over many rows.
+  const int64_t threads = pool->num_threads();
+  if (n >= 2 * detail::kGemmTokenChunkMin) {
+    // Prefill: chunks of whole token rows over all weight rows (also with one thread), so each
+    // builds the lookup tables of its own token rows only and its working set stays in L2 (the
+    // AVX-512 table share; the other paths do not care). At least one chunk per thread, at most
+    // kGemmTokenChunkMax token rows each (measured: 256-row chunks are slower), >= kGemmTokenChunkMin.
+    const int64_t parts = std::min(std::max(threads, (n + detail::kGemmTokenChunkMax - 1) / detail::kGemmTokenChunkMax),
+                                   n / detail::kGemmTokenChunkMin);
+    const int64_t per = (n + parts - 1) / parts;
+    pool->parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t part = p0; part < p1; ++part) {
+        const int64_t n0 = part * per, m = std::min(n, n0 + per) - n0;
+        const detail::ActsView xv{x.row(n0), x.stride(), x.scale.data() + n0, x.sum.data() + n0, m, lut};
+        k.ternary_gemm(wv, xv, y + n0 * y_stride, y_stride, 0, w.row_groups,
+                       gemm_scratch(detail::gemm_scratch_bytes(wv, w.row_groups, lut ? m : 0)));
+      }
+    });
+    return;
+  }
+  // Chunks of whole tiles, so each tile's weights are unpacked once; about two chunks per thread.
+  const detail::ActsView xv{x.row(0), x.stride(), x.scale.data(), x.sum.data(), n, lut};
   const int64_t tiles = (w.row_groups + detail::kGemmTileGroups - 1) / detail::kGemmTileGroups;
-  const int64_t per_chunk = std::max<int64_t>(1, tiles / (2 * int64_t{pool->num_threads()}));
+  const int64_t per_chunk = std::max<int64_t>(1, tiles / (2 * threads));
   pool->parallel_for(w.row_groups, per_chunk * detail::kGemmTileGroups, [&](int64_t g0, int64_t g1) {
-    k.ternary_gemm(wv, xv, y, y_stride, g0, g1, gemm_scratch(detail::gemm_scratch_bytes(wv, g1 - g0)));
+    k.ternary_gemm(wv, xv, y, y_stride, g0, g1, gemm_scratch(detail::gemm_scratch_bytes(wv, g1 - g0, lut ? n : 0)));
   });
 }
 
@@ -118,6 +149,26 @@ void dot_rows(const float* q, const float* k, int64_t k_stride, int64_t n_keys, 
 
 void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys, int64_t d, float* out, Isa isa) {
   if (n_keys > 0) table(isa).axpy_rows(p, v, v_stride, n_keys, d, out);
+}
+
+void kv_rows_f16_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out, Isa isa) {
+  if (n_rows > 0) table(isa).rows_f16_to_f32(rows, row_bytes, n_rows, d, out);
+}
+
+void kv_rows_q8_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out, Isa isa) {
+  if (n_rows > 0) table(isa).rows_q8_to_f32(rows, row_bytes, n_rows, d, out);
+}
+
+void kv_rows_q4_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, int64_t group, float* out,
+                       Isa isa) {
+  if (d <= 0 || d % 16 != 0 || group <= 0 || group % 16 != 0 || d % group != 0)
+    fail("q4 KV rows: head_dim {} and group {} (need multiples of 16, the group dividing head_dim)", d, group);
+  if (n_rows > 0) table(isa).rows_q4_to_f32(rows, row_bytes, n_rows, d, group, out);
+}
+
+void hadamard(float* x, int64_t d, Isa isa) {
+  if (d < 1 || (d & (d - 1)) != 0) fail("hadamard: size {} is not a power of two", d);
+  table(isa).hadamard(x, d, static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))));
 }
 
 }  // namespace onebit::cpu

@@ -80,4 +80,27 @@ void dot_rows(const float* q, const float* k, int64_t k_stride, int64_t n_keys, 
 void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys, int64_t d, float* out,
                Isa isa = Isa::kAuto);
 
+// KV cache rows to fp32 (attention converts a tile of keys or values once, then runs dot_rows /
+// axpy_rows on it): n_rows rows, row j at rows + j * row_bytes, into out[j * d + i]. The layouts
+// (engine/kv_quant.h gives the quantizers):
+//   f16: d IEEE halves; converted exactly.
+//   q8:  d int8 codes, zero padding to a multiple of 4 bytes, then one fp32 scale s;
+//        x_i = s * code_i (one fp32 multiplication).
+//   q4:  d / 2 bytes of codes, then d / group fp32 scales; x_i = s_{i / group} * code_i. Each 16
+//        values are 8 bytes: byte m holds value m (low nibble) and value m + 8 (high nibble) of the
+//        chunk, as code + 8. Needs d % 16 == 0 and `group` a multiple of 16 that divides d.
+// Bit-identical on every ISA.
+void kv_rows_f16_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out,
+                        Isa isa = Isa::kAuto);
+void kv_rows_q8_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out,
+                       Isa isa = Isa::kAuto);
+void kv_rows_q4_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, int64_t group, float* out,
+                       Isa isa = Isa::kAuto);
+
+// x = H x in place, H the d x d Sylvester-Hadamard matrix times 1/sqrt(d) (d a power of two; the
+// q4r KV cache's rotation): the fast Walsh-Hadamard transform, stages h = 1, 2, .., d/2 of
+// butterflies (a, b) -> (a + b, a - b), then one multiplication by float(1/sqrt(d)). Bit-identical
+// on every ISA. Throws Error if d is not a power of two.
+void hadamard(float* x, int64_t d, Isa isa = Isa::kAuto);
+
 }  // namespace onebit::cpu

@@ -25,38 +25,49 @@ struct ActsView {
   const float* scale;
   const int32_t* sum;
   int64_t n;
+  bool lut = true;  // the AVX-512 GEMM may use its lookup-table share (cpu_kernels.cc: ONEBIT_GEMM_LUT)
 };
 
 // Many-token GEMM tiling (AVX-512): a tile is kGemmTileGroups row groups (64 rows) whose 2-bit
 // weights are unpacked once into per-thread scratch (kGemmScratchPerBlock bytes per 64-byte block
 // per row group) and then reused for every token row. ternary_gemm callers pass `scratch` of at
-// least gemm_scratch_bytes(w, g1 - g0) bytes, 64-byte aligned, whenever x.n > 1.
+// least gemm_scratch_bytes(w, g1 - g0, x.lut ? x.n : 0) bytes, 64-byte aligned, whenever x.n > 1.
 inline constexpr int64_t kGemmTileGroups = 4;
 inline constexpr int64_t kGemmScratchPerBlock = 256;
 
-// The AVX-512 GEMM's lookup-table share (docs/kernels-cpu.md, "VNNI + lookup tables"): the last
-// 3 * gemm_lut_spans(blocks) column blocks of every row are summed through tables instead of
-// vpdpbusd, sized so that one table unit (1 row x 8 groups) runs beside each VNNI step (4 row
-// groups x 6 token rows x 4 columns): units 2 * spans * 1/30 per row and token row = steps
-// 4 * (blocks - 3 * spans) / (64 * 6)  =>  spans = blocks * 0.1064 (rounded down).
-inline int64_t gemm_lut_spans(int64_t blocks) { return blocks * 1064 / 10000; }
-
-// Rows of one table pass (the per-row sums stay in L2): 16 row groups. Token blocks (30 rows each)
-// sharing one unpacking of the VNNI tiles: 3.
-inline constexpr int64_t kGemmLutSubGroups = 16;
-inline constexpr int64_t kGemmLutBlocks = 3;
+// The AVX-512 GEMM's lookup-table share (docs/kernels-cpu.md, "VNNI + lookup tables"): for a call
+// with n >= kGemmLutMinRows token rows, the last 3 * gemm_lut_spans(blocks, n) column blocks of
+// every row are summed through int16 tables of kGemmLutLanes token rows each, beside the VNNI
+// tiles (4 row groups x 6 token rows) that do the other columns. Three table units (1 row x 8
+// groups of 3 columns) run beside every two VNNI steps, so the split balances
+//   units = nb * 2 * spans * R  =  1.5 * steps = 1.5 * ft * (R / 64) * 4 * (blocks - 3 * spans)
+// (nb = ceil(n / 32) table blocks, ft = ceil(n / 6) token tiles, the last one zero-padded, R rows), i.e.
+//   spans = 3 * ft * blocks / (64 * nb + 9 * ft).
+inline constexpr int64_t kGemmLutMinRows = 32;
+inline constexpr int64_t kGemmLutLanes = 32;
+inline constexpr int64_t kGemmLutPassGroups = 16;  // rows of one table pass: 256
+inline int64_t gemm_lut_spans(int64_t blocks, int64_t n) {
+  if (n < kGemmLutMinRows) return 0;
+  const int64_t nb = (n + kGemmLutLanes - 1) / kGemmLutLanes, ft = (n + 5) / 6;
+  const int64_t spans = 3 * ft * blocks / (64 * nb + 9 * ft);
+  return 3 * spans < blocks ? spans : (blocks - 1) / 3;  // keep >= 1 VNNI block
+}
+// From 2 * kGemmTokenChunkMin token rows on, ternary_gemm splits the token rows (not the weight
+// rows) into chunks of kGemmTokenChunkMin..kGemmTokenChunkMax rows, each with its own tables.
+inline constexpr int64_t kGemmTokenChunkMin = 64, kGemmTokenChunkMax = 128;
 
 inline int64_t round64(int64_t n) { return (n + 63) / 64 * 64; }
 
-// Scratch for ternary_gemm over row groups [g0, g0 + groups), in bytes (see gemm_hybrid in
-// kernels_avx512.cc for the parts, in this order).
-inline int64_t gemm_scratch_bytes(const WeightsView& w, int64_t groups) {
-  const int64_t spans = gemm_lut_spans(w.blocks), chunks = 2 * spans, m = kGemmLutBlocks;
-  const int64_t sub_r = (groups < kGemmLutSubGroups ? groups : kGemmLutSubGroups) * 16;
-  const int64_t idx_r = (groups + kGemmLutSubGroups - 1) / kGemmLutSubGroups * kGemmLutSubGroups * 16;
-  return round64(kGemmTileGroups * w.blocks * kGemmScratchPerBlock) + round64(chunks * idx_r * 16) +
-         m * chunks * 13824 + m * sub_r * 64 + m * sub_r * 128 + sub_r * 128 + m * 30 * sub_r * 4 +
-         spans * 48 * 64 + m * 32 * 4;
+// Scratch for ternary_gemm over row groups [g0, g0 + groups) and n token rows (0: no table share),
+// in bytes (see gemm_hybrid in kernels_avx512.cc for the parts, in this order).
+inline int64_t gemm_scratch_bytes(const WeightsView& w, int64_t groups, int64_t n) {
+  const int64_t spans = gemm_lut_spans(w.blocks, n);
+  if (spans == 0) return round64(kGemmTileGroups * w.blocks * kGemmScratchPerBlock);
+  const int64_t chunks = 2 * spans, lb0 = w.blocks - 3 * spans, nb = (n + kGemmLutLanes - 1) / kGemmLutLanes;
+  const int64_t r = (groups < kGemmLutPassGroups ? groups : kGemmLutPassGroups) * 16;
+  return round64(kGemmTileGroups * lb0 * kGemmScratchPerBlock) + nb * chunks * 13824 + spans * 48 * 64 +
+         round64(4 * n) + round64(chunks * r * 8) + r * 64 + nb * r * 128 + 32 * r * 4 + (n + 5) / 6 * 6 * r * 4 +
+         6 * round64(lb0 * 16);
 }
 
 struct KernelTable {
@@ -76,7 +87,19 @@ struct KernelTable {
   void (*dot_rows)(const float* q, const float* k, int64_t k_stride, int64_t n_keys, int64_t d, float* out);
   // for j = 0 .. n_keys-1 in order: axpy(p[j], v + j * v_stride, out, d): bit-identical to that loop.
   void (*axpy_rows)(const float* p, const float* v, int64_t v_stride, int64_t n_keys, int64_t d, float* out);
+  // KV cache rows (layouts in cpu_kernels.h; row j at rows + j * row_bytes) to fp32, out[j * d + i]:
+  // f16 exactly; q8 and q4 as x_i = scale * code_i (one fp32 multiplication).
+  void (*rows_f16_to_f32)(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out);
+  void (*rows_q8_to_f32)(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out);
+  // d % 16 == 0, `group` (values per scale) a multiple of 16 dividing d.
+  void (*rows_q4_to_f32)(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, int64_t group, float* out);
+  // In place, d a power of two: stages h = 1, 2, 4, .., d/2 of butterflies (x[j], x[j + h]) ->
+  // (x[j] + x[j + h], x[j] - x[j + h]) for every j with bit h clear, then x[i] * scale.
+  void (*hadamard)(float* x, int64_t d, float scale);
 };
+
+// Where a q8 row's scale sits (cpu_kernels.h).
+inline int64_t kv_q8_scale_offset(int64_t d) { return (d + 3) / 4 * 4; }
 
 extern const KernelTable kScalarKernels;
 extern const KernelTable kAvx2Kernels;

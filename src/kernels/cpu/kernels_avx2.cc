@@ -271,10 +271,105 @@ void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys,
   for (int64_t j = 0; j < n_keys; ++j) axpy(p[j], v + j * v_stride, out, d);
 }
 
+// ---- KV cache rows to fp32 (the layouts of cpu_kernels.h) ----
+
+inline float load_f32(const uint8_t* p) {
+  float v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
+
+void rows_f16_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out) {
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const uint8_t* row = rows + j * row_bytes;
+    float* o = out + j * d;
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8)
+      _mm256_storeu_ps(o + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i))));
+    for (; i < d; ++i) {
+      uint16_t h;
+      __builtin_memcpy(&h, row + 2 * i, 2);
+      o[i] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+    }
+  }
+}
+
+void rows_q8_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out) {
+  const int64_t so = kv_q8_scale_offset(d);
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const uint8_t* row = rows + j * row_bytes;
+    float* o = out + j * d;
+    const float sc = load_f32(row + so);
+    const __m256 s = _mm256_set1_ps(sc);
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + i));
+      _mm256_storeu_ps(o + i, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))));
+    }
+    for (; i < d; ++i) o[i] = sc * static_cast<float>(static_cast<int8_t>(row[i]));
+  }
+}
+
+// 8 bytes = 16 values: the low nibbles are values 0..7, the high ones 8..15, each code + 8.
+void rows_q4_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, int64_t group, float* out) {
+  const __m128i mask = _mm_set1_epi8(0x0f);
+  const __m256i eight = _mm256_set1_epi32(8);
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const uint8_t* row = rows + j * row_bytes;
+    float* o = out + j * d;
+    for (int64_t i = 0; i < d; i += 16) {
+      const __m256 s = _mm256_set1_ps(load_f32(row + d / 2 + 4 * (i / group)));
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + i / 2));
+      const __m256i lo = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_and_si128(b, mask)), eight);
+      const __m256i hi = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), mask)), eight);
+      _mm256_storeu_ps(o + i, _mm256_mul_ps(s, _mm256_cvtepi32_ps(lo)));
+      _mm256_storeu_ps(o + i + 8, _mm256_mul_ps(s, _mm256_cvtepi32_ps(hi)));
+    }
+  }
+}
+
+// Stages h = 1, 2, 4 inside each 8-lane vector: lane j takes its partner j ^ h; lanes with bit h
+// clear keep a + b (self + partner), the others a - b (partner - self): the scalar operations.
+void hadamard(float* x, int64_t d, float scale) {
+  if (d < 8) {
+    for (int64_t h = 1; h < d; h *= 2)
+      for (int64_t i = 0; i < d; i += 2 * h)
+        for (int64_t j = i; j < i + h; ++j) {
+          const float a = x[j], b = x[j + h];
+          x[j] = a + b;
+          x[j + h] = a - b;
+        }
+    for (int64_t i = 0; i < d; ++i) x[i] = x[i] * scale;
+    return;
+  }
+  const __m256i p1 = _mm256_setr_epi32(1, 0, 3, 2, 5, 4, 7, 6), p2 = _mm256_setr_epi32(2, 3, 0, 1, 6, 7, 4, 5);
+  const __m256i p4 = _mm256_setr_epi32(4, 5, 6, 7, 0, 1, 2, 3);
+  for (int64_t i = 0; i < d; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    __m256 p = _mm256_permutevar8x32_ps(v, p1);
+    v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xAA);
+    p = _mm256_permutevar8x32_ps(v, p2);
+    v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xCC);
+    p = _mm256_permutevar8x32_ps(v, p4);
+    v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xF0);
+    _mm256_storeu_ps(x + i, v);
+  }
+  for (int64_t h = 8; h < d; h *= 2)
+    for (int64_t i = 0; i < d; i += 2 * h)
+      for (int64_t j = i; j < i + h; j += 8) {
+        const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + h);
+        _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+        _mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
+      }
+  const __m256 s = _mm256_set1_ps(scale);
+  for (int64_t i = 0; i < d; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), s));
+}
+
 }  // namespace
 
 const KernelTable kAvx2Kernels = {
     ternary_gemm, quantize_row, rmsnorm, rmsnorm_quantize_row, relu2_mul, dot, axpy, dot_rows, axpy_rows,
+    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard,
 };
 
 }  // namespace onebit::cpu::detail

@@ -38,7 +38,11 @@ inline void store_rows(const WeightsView& w, int64_t g, __m512i acc, int32_t qsu
   acc = _mm512_sub_epi32(acc, _mm512_set1_epi32(qsum));
   const __m512 f = _mm512_div_ps(_mm512_load_ps(w.row_scales + g * kGroup), _mm512_set1_ps(s));
   const __m512 out = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), f);
-  _mm512_mask_storeu_ps(y + g * kGroup, tail_mask(w.rows - g * kGroup), out);
+  if (w.rows - g * kGroup >= kGroup) {
+    _mm512_storeu_ps(y + g * kGroup, out);
+  } else {
+    _mm512_mask_storeu_ps(y + g * kGroup, tail_mask(w.rows - g * kGroup), out);
+  }
 }
 
 // Decode: one activation row. Instead of shifting each 2-bit field down, the four fields are only
@@ -210,142 +214,274 @@ void gemm_tiled(const WeightsView& w, const ActsView& x, float* y, int64_t y_str
   }
 }
 
-// ---- VNNI + lookup tables side by side (x.n >= kHybTok) ----
+// ---- VNNI + lookup tables side by side (gemm_lut_spans(blocks, n) > 0) ----
 //
-// On Zen 4 a vpdpbusd step (4 weight loads, 6 broadcasts, 24 vpdpbusd) leaves the load ports and
-// some integer ALU slots idle: measured, 12 extra 64-byte load + vpaddw pairs per step cost almost
-// nothing (bench_isa_throughput: 64 -> 109 MAC/cycle). The idle slots run a lookup-table GEMM
-// over the last 3 * spans column blocks of every row, while vpdpbusd does the first `lb0` blocks:
-//  - a group is 3 columns (k, k+16, k+32) of one 48-column span (3 blocks), k = 0..15; its table
-//    has 27 entries, entry e = 9 c0 + 3 c1 + c2 (codes c = w + 1) holding w0 x0 + w1 x1 + w2 x2
-//    for 32 token rows as int16 lanes (the 30 of a token block, 2 zero lanes);
-//  - a row's contribution over 8 groups (a "unit") is 8 table loads + vpaddw into an int16
-//    accumulator: |entry| <= 3 * 128 = 384, so <= kFlushChunks * 8 = 80 adds stay below 32,768
-//    (exact), then the lanes are widened into int32;
-//  - tables of one chunk (8 groups, 13.8 KB) stay in L1 while all rows of a 256-row sub-range use
-//    them; the per-row 16-bit table offsets are derived once per call from the 2-bit layout.
+// vpdpbusd runs on Zen 4's two multiply pipes, one zmm per cycle; a 4 x 6 VNNI step (24 of them)
+// leaves load-port and ALU slots free. Table lookups fill them (docs/kernels-cpu.md has the
+// measurements): the last 3 * spans column blocks of every row are summed through tables while
+// vpdpbusd does the first lb0 = blocks - 3 * spans blocks.
+//  - a group is 3 columns (k, k+16, k+32) of one 48-column span (3 blocks), k = 0..15, so the 3
+//    codes of a row sit at the same bit position of 3 consecutive blocks; its table has 27 entries,
+//    entry e = 9 c0 + 3 c1 + c2 (codes c = w + 1) holding w0 x0 + w1 x1 + w2 x2 for a block of 32
+//    token rows as int16 lanes (one 64-byte vector; lanes past the last token row are zero);
+//  - a chunk is 8 groups (13,824 bytes of tables); a unit is one row x one chunk: 8 loads + vpaddw
+//    into the row's int16 sums (|entry| <= 3 * 128 = 384, so kLutFlushChunks * 8 = 80 adds stay
+//    below 32,768: exact), which are widened into int32 every kLutFlushChunks chunks;
+//  - the tables of all the call's token blocks are built once per call; a pass over up to
+//    kGemmLutPassGroups row groups (256 rows) walks the units in the order (token block, chunk,
+//    row), so one chunk's tables stay in L1 while 256 rows use them. The per-row table indices
+//    (one byte per group: e * 8, address = tables + 1728 * (group % 8) + 8 * byte) are derived once
+//    per pass from the 2-bit layout;
+//  - the VNNI tiles of the pass run in the usual order (64-row tile unpacked once, then every
+//    token tile); each full 4 x 6 tile step pair carries 3 units (assembly: GCC keeps 24
+//    accumulators passed between functions in memory).
 // Every sum is exact integer arithmetic, so the result is bit-identical to the other paths:
 // y = float(vnni + lut - sum_{vnni columns} x) * (row_scale / s).
-constexpr int kHybTok = 30;  // token rows per block: 5 VNNI token tiles
-static_assert(kHybTok % kTokTile == 0);
-constexpr int64_t kLutLanes = 32, kEntryBytes = 64, kChunkGroups = 8;
-constexpr int64_t kChunkTableBytes = kChunkGroups * 27 * kEntryBytes;  // 13,824 (kernel_table.h)
-constexpr int64_t kFlushChunks = 10;                                   // 10 * 8 * 384 = 30,720
+constexpr int64_t kLutLanes = kGemmLutLanes, kEntryBytes = 64, kChunkGroups = 8, kGroupTableBytes = 27 * kEntryBytes;
+constexpr int64_t kChunkTableBytes = kChunkGroups * kGroupTableBytes;  // 13,824
+constexpr int64_t kLutFlushChunks = 10;                                 // 10 * 8 * 384 = 30,720
+static_assert(kLutFlushChunks % 2 == 0, "LutState::fresh() and flush() must never meet (see lut_vnni_loop)");
 constexpr int64_t kSpanCols = 3 * kBlock;
+constexpr int kLutStepsPerIter = 2, kLutUnitsPerIter = 3;  // 1.5 units per VNNI step (kernel_table.h)
 
-struct LutRun {
-  const uint16_t* idx;  // offsets of the next unit: [chunk][row][8]
-  const char* tab;      // tables of chunk c
-  int16_t* a16;         // [rows][32] int16 partial sums
-  int32_t* a32;         // [rows][32] int32 sums
-  int64_t r, rows, c, chunks;
+// Where the table walk of one pass stands. The int16 sums of a row restart at chunks c with
+// c % kLutFlushChunks == 0 ("fresh": not loaded) and are widened into the int32 sums at the last
+// chunk of such a run ("flush": the first flush of a token block stores, later ones add), inside
+// the units themselves, so nothing needs zeroing and no separate pass runs.
+struct LutState {
+  const uint8_t* o;      // the next unit's 8 indices
+  const char* tb;        // tables of the current (token block, chunk)
+  int16_t* p16;          // the next unit's row of int16 sums
+  int16_t* p16_end;      // a16 + rows * 32
+  int16_t* a16;          // [rows][32] int16 sums of the current run of chunks
+  int32_t* a32;          // [token block][rows][32] int32 sums
+  const uint8_t* idx;    // [chunk][rows][8] indices of the pass
+  int64_t rows, chunk, chunks, blk;
+  int64_t units_left;    // units of the pass not yet run
+  const char* wpf;       // the next pass's packed weights not yet prefetched, up to wpf_end
+  const char* wpf_end;
+
+  bool fresh() const { return chunk % kLutFlushChunks == 0; }  // never together with flush()
+  // 0: keep the int16 sums, 1: add them to the int32 sums, 2: store them there (first flush).
+  int flush() const {
+    if (chunk % kLutFlushChunks != kLutFlushChunks - 1 && chunk != chunks - 1) return 0;
+    return chunk < kLutFlushChunks ? 2 : 1;
+  }
+  // The int32 sums of the row p16 points at.
+  int32_t* p32() const { return a32 + (blk * rows + (p16 - a16) / kLutLanes) * kLutLanes; }
 };
 
-// The loop state of a LutRun in locals (registers), and one unit: row r, the 8 groups of chunk c.
-struct LutCursor {
-  const uint16_t* idx;
-  const char* tab;
-  int16_t* p16;  // row r's int16 sums
-  int32_t* p32;  // row r's int32 sums
-  int64_t left;  // rows left in this chunk
-  int64_t c;
-  bool fresh, flush;  // chunk starts an int16 run / ends one
+// After the last row of a chunk: next chunk, next token block after the last chunk.
+void lut_next_chunk(LutState& s) {
+  s.p16 = s.a16;
+  s.tb += kChunkTableBytes;
+  if (++s.chunk == s.chunks) {
+    s.chunk = 0;
+    ++s.blk;
+    s.o = s.idx;
+  }
+}
 
-  void set_chunk(const LutRun& run) {
-    fresh = c % kFlushChunks == 0;
-    flush = c % kFlushChunks == kFlushChunks - 1 || c == run.chunks - 1;
-    p16 = run.a16;
-    p32 = run.a32;
-    left = run.rows;
-  }
-  explicit LutCursor(const LutRun& run) : idx(run.idx), tab(run.tab), c(run.c) {
-    set_chunk(run);
-    p16 += run.r * kLutLanes;
-    p32 += run.r * kLutLanes;
-    left -= run.r;
-  }
-  void save(LutRun& run) const {
-    run.idx = idx;
-    run.tab = tab;
-    run.c = c;
-    run.r = run.rows - left;
-  }
-  // Returns false once all units are done.
-  bool unit(const LutRun& run) {
-    if (c >= run.chunks) return false;
-    __m512i a = fresh ? _mm512_setzero_si512() : _mm512_load_si512(p16);
+// One unit outside the assembly loop (chunk ends, the pass's last units); the same arithmetic.
+__attribute__((noinline)) void lut_unit(LutState& s) {
+  __m512i a = s.fresh() ? _mm512_setzero_si512() : _mm512_load_si512(s.p16);
 #pragma GCC unroll 8
-    for (int k = 0; k < kChunkGroups; ++k) a = _mm512_add_epi16(a, _mm512_load_si512(tab + idx[k]));
-    if (flush) {
-      _mm512_store_si512(p32, _mm512_add_epi32(_mm512_load_si512(p32), _mm512_cvtepi16_epi32(_mm512_castsi512_si256(a))));
-      _mm512_store_si512(p32 + 16, _mm512_add_epi32(_mm512_load_si512(p32 + 16),
-                                                    _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(a, 1))));
-    } else {
-      _mm512_store_si512(p16, a);
-    }
-    idx += kChunkGroups;
-    p16 += kLutLanes;
-    p32 += kLutLanes;
-    if (--left == 0) {
-      ++c;
-      tab += kChunkTableBytes;
-      set_chunk(run);
-    }
-    return true;
+  for (int k = 0; k < kChunkGroups; ++k) {
+    a = _mm512_add_epi16(a, _mm512_load_si512(s.tb + k * kGroupTableBytes + 8 * int64_t{s.o[k]}));
   }
-};
+  const int flush = s.flush();
+  if (flush == 0) {
+    _mm512_store_si512(s.p16, a);
+  } else {
+    int32_t* p = s.p32();
+    __m512i lo = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(a));
+    __m512i hi = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(a, 1));
+    if (flush == 1) {
+      lo = _mm512_add_epi32(lo, _mm512_load_si512(p));
+      hi = _mm512_add_epi32(hi, _mm512_load_si512(p + 16));
+    }
+    _mm512_store_si512(p, lo);
+    _mm512_store_si512(p + 16, hi);
+  }
+  s.o += kChunkGroups;
+  s.p16 += kLutLanes;
+  --s.units_left;
+  if (s.p16 == s.p16_end) lut_next_chunk(s);
+}
 
-// gemm_block<RG, T> with one table unit per step; raw sums to vacc[t * rows + row].
+// The 4 x 6 VNNI step j of an iteration (weights zmm24-27, broadcast zmm28, sums zmm0-23 with
+// zmm(4t + i) = token row t, row group i) and table unit k into zmm r (zmm24-28 are free between
+// steps: the flush uses zmm26/27). AT&T operand order.
+#define ONEBIT_LUT_BC(xo, a0, a1, a2, a3)                                                        \
+  "vpbroadcastd " xo ", %%zmm28\n\t"                                                             \
+  "vpdpbusd %%zmm28, %%zmm24, %%zmm" #a0 "\n\tvpdpbusd %%zmm28, %%zmm25, %%zmm" #a1 "\n\t" \
+  "vpdpbusd %%zmm28, %%zmm26, %%zmm" #a2 "\n\tvpdpbusd %%zmm28, %%zmm27, %%zmm" #a3 "\n\t"
+#define ONEBIT_LUT_STEP(j)                                                                                    \
+  "vmovdqa64 " #j "*256(%[w]), %%zmm24\n\tvmovdqa64 " #j "*256+64(%[w]), %%zmm25\n\t"                       \
+  "vmovdqa64 " #j "*256+128(%[w]), %%zmm26\n\tvmovdqa64 " #j "*256+192(%[w]), %%zmm27\n\t"                  \
+  ONEBIT_LUT_BC(#j "*4(%[x0])", 0, 1, 2, 3) ONEBIT_LUT_BC(#j "*4(%[x0],%[s])", 4, 5, 6, 7)                  \
+  ONEBIT_LUT_BC(#j "*4(%[x0],%[s],2)", 8, 9, 10, 11) ONEBIT_LUT_BC(#j "*4(%[x3])", 12, 13, 14, 15)          \
+  ONEBIT_LUT_BC(#j "*4(%[x3],%[s])", 16, 17, 18, 19) ONEBIT_LUT_BC(#j "*4(%[x3],%[s],2)", 20, 21, 22, 23)
+#define ONEBIT_LUT_ADD(reg, disp, r) "vpaddw " #disp "(%[tb],%%" reg ",8), %%zmm" #r ", %%zmm" #r "\n\t"
+// Unit k: the int16 sums in (LOAD) or zero (FRESH), 8 lookups, then out to a16 (KEEP) or widened
+// into a32 (ADD / SET). Each unit also prefetches the line at p + pf into L2.
+#define ONEBIT_LUT_IN_LOAD(k, r) "vmovdqa64 " #k "*64(%[p]), %%zmm" #r "\n\t"
+#define ONEBIT_LUT_IN_FRESH(k, r) "vpxord %%zmm" #r ", %%zmm" #r ", %%zmm" #r "\n\t"
+#define ONEBIT_LUT_OUT_KEEP(k, r) "vmovdqa64 %%zmm" #r ", " #k "*64(%[p])\n\t"
+#define ONEBIT_LUT_WIDEN(r) \
+  "vextracti64x4 $1, %%zmm" #r ", %%ymm27\n\tvpmovsxwd %%ymm" #r ", %%zmm26\n\tvpmovsxwd %%ymm27, %%zmm27\n\t"
+#define ONEBIT_LUT_OUT_ADD(k, r)                                                                    \
+  ONEBIT_LUT_WIDEN(r) "vpaddd " #k "*128(%[q]), %%zmm26, %%zmm26\n\tvpaddd " #k "*128+64(%[q]), %%zmm27, %%zmm27\n\t" \
+  "vmovdqa64 %%zmm26, " #k "*128(%[q])\n\tvmovdqa64 %%zmm27, " #k "*128+64(%[q])\n\t"
+#define ONEBIT_LUT_OUT_SET(k, r) \
+  ONEBIT_LUT_WIDEN(r) "vmovdqa64 %%zmm26, " #k "*128(%[q])\n\tvmovdqa64 %%zmm27, " #k "*128+64(%[q])\n\t"
+#define ONEBIT_LUT_UNIT(k, r, IN, OUT)                                                                    \
+  IN(k, r) "movq " #k "*8(%[o]), %%rax\n\tprefetcht1 " #k "*64(%[p],%[pf])\n\t"                           \
+  "movzbl %%al, %%ecx\n\t" ONEBIT_LUT_ADD("rcx", 0, r) "movzbl %%ah, %%edx\n\t" ONEBIT_LUT_ADD("rdx", 1728, r) \
+  "shrq $16, %%rax\n\t"                                                                                    \
+  "movzbl %%al, %%ecx\n\t" ONEBIT_LUT_ADD("rcx", 3456, r) "movzbl %%ah, %%edx\n\t" ONEBIT_LUT_ADD("rdx", 5184, r) \
+  "shrq $16, %%rax\n\t"                                                                                    \
+  "movzbl %%al, %%ecx\n\t" ONEBIT_LUT_ADD("rcx", 6912, r) "movzbl %%ah, %%edx\n\t" ONEBIT_LUT_ADD("rdx", 8640, r) \
+  "shrq $16, %%rax\n\t"                                                                                    \
+  "movzbl %%al, %%ecx\n\t" ONEBIT_LUT_ADD("rcx", 10368, r) "movzbl %%ah, %%edx\n\t" ONEBIT_LUT_ADD("rdx", 12096, r) \
+  OUT(k, r)
+#define ONEBIT_LUT_LD(i) "vmovdqa64 " #i "*64(%[acc]), %%zmm" #i "\n\t"
+#define ONEBIT_LUT_ST(i) "vmovdqa64 %%zmm" #i ", " #i "*64(%[acc])\n\t"
+#define ONEBIT_LUT_ALL24(M)                                                                                 \
+  M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15) M(16) M(17) M(18) \
+  M(19) M(20) M(21) M(22) M(23)
+#define ONEBIT_LUT_CLOBBER                                                                                 \
+  "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", \
+      "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23",    \
+      "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31"
+// `iters` iterations of 2 VNNI steps + 3 table units, the 24 VNNI sums in acc[24][16] before and
+// after. Advances w, x0, o, p and q (the units' int32 sums, used when widening).
+#define ONEBIT_LUT_LOOP(IN, OUT)                                                                               \
+  asm volatile(ONEBIT_LUT_ALL24(ONEBIT_LUT_LD) "1:\n\t" ONEBIT_LUT_STEP(0) ONEBIT_LUT_UNIT(0, 29, IN, OUT)   \
+                   ONEBIT_LUT_STEP(1) ONEBIT_LUT_UNIT(1, 30, IN, OUT) ONEBIT_LUT_UNIT(2, 31, IN, OUT)           \
+               "add $512, %[w]\n\tadd $8, %[x0]\n\tadd $8, %[x3]\n\tadd $24, %[o]\n\tadd $192, %[p]\n\t"          \
+               "add $384, %[q]\n\tdec %[n]\n\tjnz 1b\n\t" ONEBIT_LUT_ALL24(ONEBIT_LUT_ST)                        \
+               : [w] "+r"(w), [x0] "+r"(x0), [x3] "+r"(x3), [o] "+r"(o), [p] "+r"(p), [q] "+r"(q), [n] "+r"(iters) \
+               : [s] "r"(xs), [tb] "r"(tb), [acc] "r"(acc), [pf] "r"(pf)                                      \
+               : "rax", "rcx", "rdx", "memory", "cc", ONEBIT_LUT_CLOBBER)
+static_assert(kGroupTableBytes == 1728 && kChunkGroups == 8 && kLutLanes == 32, "the assembly hard-codes these");
+static_assert(kLutStepsPerIter == 2 && kLutUnitsPerIter == 3, "the assembly hard-codes 2 steps + 3 units");
+
+// `iters` iterations of 2 VNNI steps + 3 units of the current chunk (with its fresh / flush mode),
+// or (Units = false) of 1 VNNI step.
+template <bool Units>
+void lut_vnni_loop(int32_t* acc, const uint8_t*& w, int64_t iters, const int8_t*& x0, int64_t xs, LutState& st) {
+  if (iters <= 0) return;
+  const int8_t* x3 = x0 + 3 * xs;
+  if constexpr (Units) {
+    const uint8_t* o = st.o;
+    const char* tb = st.tb;
+    int16_t* p = st.p16;
+    int32_t* q = st.p32();
+    // Unit u of a chunk prefetches line u of the next chunk's tables into L2.
+    const int64_t pf = (st.tb + kChunkTableBytes) - reinterpret_cast<const char*>(st.a16);
+    // A chunk is never both fresh and flushed: chunks = 2 * spans is even, so the last chunk
+    // (chunks - 1) is odd and not a multiple of kLutFlushChunks.
+    if (st.fresh()) {
+      ONEBIT_LUT_LOOP(ONEBIT_LUT_IN_FRESH, ONEBIT_LUT_OUT_KEEP);
+    } else if (st.flush() == 0) {
+      ONEBIT_LUT_LOOP(ONEBIT_LUT_IN_LOAD, ONEBIT_LUT_OUT_KEEP);
+    } else if (st.flush() == 1) {
+      ONEBIT_LUT_LOOP(ONEBIT_LUT_IN_LOAD, ONEBIT_LUT_OUT_ADD);
+    } else {
+      ONEBIT_LUT_LOOP(ONEBIT_LUT_IN_LOAD, ONEBIT_LUT_OUT_SET);
+    }
+    st.o = o;
+    st.p16 = p;
+  } else {
+    asm volatile(ONEBIT_LUT_ALL24(ONEBIT_LUT_LD)
+                 "1:\n\t" ONEBIT_LUT_STEP(0) "add $256, %[w]\n\tadd $4, %[x0]\n\tadd $4, %[x3]\n\t"
+                 "dec %[n]\n\tjnz 1b\n\t" ONEBIT_LUT_ALL24(ONEBIT_LUT_ST)
+                 : [w] "+r"(w), [x0] "+r"(x0), [x3] "+r"(x3), [n] "+r"(iters)
+                 : [s] "r"(xs), [acc] "r"(acc)
+                 : "memory", "cc", ONEBIT_LUT_CLOBBER);
+  }
+}
+
+// A full 4 x 6 tile over `steps` VNNI steps with as many table units as the pass has left, up to
+// 1.5 per step; raw sums to vacc[t * rows + row]. Segments end at chunk ends (the tables and the
+// unit mode change there).
+void gemm_tile_lut(const uint8_t* wt, int64_t steps, const int8_t* xq, int64_t xs, int32_t* vacc, int64_t rows,
+                   LutState& st) {
+  alignas(64) int32_t acc[24 * 16];
+  for (int i = 0; i < 24; ++i) _mm512_store_si512(acc + 16 * i, _mm512_setzero_si512());
+  int64_t it_max = steps / kLutStepsPerIter, done = 0;
+  for (;;) {
+    // Spread over the pass: a few lines of the next pass's weights into L2 per segment.
+    for (int i = 0; i < 24 && st.wpf < st.wpf_end; ++i, st.wpf += 64) _mm_prefetch(st.wpf, _MM_HINT_T1);
+    int64_t it = st.units_left / kLutUnitsPerIter;
+    if (it > it_max) it = it_max;
+    if (it <= 0) break;
+    int64_t seg = (st.p16_end - st.p16) / kLutLanes / kLutUnitsPerIter;  // whole iterations left in the chunk
+    if (seg > it) seg = it;
+    if (seg > 0) {
+      lut_vnni_loop<true>(acc, wt, seg, xq, xs, st);
+      done += seg * kLutStepsPerIter;
+      it_max -= seg;
+      st.units_left -= seg * kLutUnitsPerIter;
+    }
+    if (st.p16 == st.p16_end) {
+      lut_next_chunk(st);
+    } else if (seg < it) {  // fewer than 3 units left in this chunk: run them here
+      int64_t r = (st.p16_end - st.p16) / kLutLanes;  // 1 or 2; the last one switches the chunk
+      if (r > st.units_left) r = st.units_left;
+      for (; r > 0; --r) lut_unit(st);
+    }
+  }
+  lut_vnni_loop<false>(acc, wt, steps - done, xq, xs, st);
+  for (int t = 0; t < kTokTile; ++t) {
+    for (int i = 0; i < kGemmTileGroups; ++i) {
+      _mm512_store_si512(vacc + t * rows + i * kGroup, _mm512_load_si512(acc + 16 * (4 * t + i)));
+    }
+  }
+}
+
+// Tiles of fewer than 4 row groups: plain VNNI, raw sums to vacc[t * rows + row].
 template <int RG, int T>
-void gemm_block_lut(const uint8_t* wt, int64_t steps, const int8_t* xq, int64_t x_stride, int32_t* vacc,
-                    int64_t rows, LutRun& run) {
+void gemm_block_raw(const uint8_t* wt, int64_t steps, const int8_t* xq, int64_t xs, int32_t* vacc, int64_t rows) {
   __m512i acc[RG][T];
 #pragma GCC unroll 4
   for (int i = 0; i < RG; ++i)
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_si512();
-  LutCursor cur(run);
   for (int64_t s = 0; s < steps; ++s, wt += RG * kBlockBytes) {
     __m512i wv[RG];
 #pragma GCC unroll 4
     for (int i = 0; i < RG; ++i) wv[i] = _mm512_load_si512(wt + i * kBlockBytes);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
-      const __m512i b = bcast4(xq + t * x_stride + 4 * s);
+      const __m512i b = bcast4(xq + t * xs + 4 * s);
 #pragma GCC unroll 4
       for (int i = 0; i < RG; ++i) acc[i][t] = _mm512_dpbusd_epi32(acc[i][t], wv[i], b);
     }
-    cur.unit(run);
   }
-  cur.save(run);
 #pragma GCC unroll 4
   for (int i = 0; i < RG; ++i)
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) _mm512_store_si512(vacc + t * rows + i * kGroup, acc[i][t]);
 }
 
-using LutBlockFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int32_t*, int64_t, LutRun&);
-template <int RG>
-constexpr LutBlockFn kLutBlockRow[kTokTile] = {gemm_block_lut<RG, 1>, gemm_block_lut<RG, 2>, gemm_block_lut<RG, 3>,
-                                               gemm_block_lut<RG, 4>, gemm_block_lut<RG, 5>, gemm_block_lut<RG, 6>};
-constexpr const LutBlockFn* kLutBlockFns[kGemmTileGroups] = {kLutBlockRow<1>, kLutBlockRow<2>, kLutBlockRow<3>,
-                                                             kLutBlockRow<4>};
+using RawBlockFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int32_t*, int64_t);
+constexpr RawBlockFn kRawFns[kGemmTileGroups - 1] = {gemm_block_raw<1, kTokTile>, gemm_block_raw<2, kTokTile>,
+                                                     gemm_block_raw<3, kTokTile>};
 
-// Table offsets of rows [16 g0, 16 g1) for spans starting at block lb0, per sub-range of
-// kGemmLutSubGroups row groups: idx[sub * chunks * kSubRows * 8 + (c * sub_rows + row) * 8 + k % 8]
-// = ((k % 8) * 27 + e) * 64 for chunk c = 2 * span + k / 8 (the order a LutCursor walks them).
-void build_lut_offsets(const WeightsView& w, int64_t g0, int64_t g1, int64_t lb0, int64_t spans, uint16_t* idx) {
-  const int64_t chunks = 2 * spans;
+// Table indices of rows [16 g0, 16 g1) (one pass) for spans starting at block lb0:
+// idx[(c * rows + row) * 8 + k % 8] = 8 * e for chunk c = 2 * span + k / 8, e = 9 c0 + 3 c1 + c2.
+void build_lut_idx(const WeightsView& w, int64_t g0, int64_t g1, int64_t lb0, int64_t spans, uint8_t* idx) {
+  const int64_t rows = (g1 - g0) * kGroup;
   const __m512i m3 = _mm512_set1_epi8(3);
-  const __m512i kconst = _mm512_set_epi16(189, 162, 135, 108, 81, 54, 27, 0, 189, 162, 135, 108, 81, 54, 27, 0, 189,
-                                          162, 135, 108, 81, 54, 27, 0, 189, 162, 135, 108, 81, 54, 27, 0);
+  // qword q of the result = row q of the group: rows 4l, 4l+1 sit in 128-bit lane l of `lo`, rows
+  // 4l+2, 4l+3 in lane l of `hi` (see below).
+  const __m512i rows_0_7 = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+  const __m512i rows_8_15 = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
   for (int64_t g = g0; g < g1; ++g) {
-    const int64_t sub = (g - g0) / kGemmLutSubGroups;
-    const int64_t sub_groups = g1 - g0 - sub * kGemmLutSubGroups;
-    const int64_t rows = (sub_groups < kGemmLutSubGroups ? sub_groups : kGemmLutSubGroups) * kGroup;
-    const int64_t r0 = (g - g0 - sub * kGemmLutSubGroups) * kGroup;
-    uint16_t* const sidx = idx + sub * chunks * kGemmLutSubGroups * kGroup * kChunkGroups;
     const uint8_t* base = w.data + (g * w.blocks + lb0) * kBlockBytes;
+    const int64_t r0 = (g - g0) * kGroup;
     for (int64_t sp = 0; sp < spans; ++sp) {
       const __m512i v0 = _mm512_load_si512(base + 3 * sp * kBlockBytes);
       const __m512i v1 = _mm512_load_si512(base + (3 * sp + 1) * kBlockBytes);
@@ -357,35 +493,23 @@ void build_lut_offsets(const WeightsView& w, int64_t g0, int64_t g1, int64_t lb0
           const __m512i c0 = _mm512_and_si512(_mm512_srli_epi16(v0, sh), m3);
           const __m512i c1 = _mm512_and_si512(_mm512_srli_epi16(v1, sh), m3);
           const __m512i c2 = _mm512_and_si512(_mm512_srli_epi16(v2, sh), m3);
-          // 9 c0 + 3 c1 + c2 per byte; the 16-bit shifts cannot carry across bytes (c <= 2).
-          e[ii] = _mm512_add_epi8(_mm512_add_epi8(_mm512_slli_epi16(c0, 3), c0),
-                                  _mm512_add_epi8(_mm512_add_epi8(_mm512_slli_epi16(c1, 1), c1), c2));
+          // 8 * (9 c0 + 3 c1 + c2) per byte, <= 208; the 16-bit shifts cannot carry across bytes.
+          const __m512i e1 = _mm512_add_epi8(_mm512_add_epi8(_mm512_slli_epi16(c0, 3), c0),
+                                             _mm512_add_epi8(_mm512_add_epi8(_mm512_slli_epi16(c1, 1), c1), c2));
+          e[ii] = _mm512_slli_epi16(e1, 3);
         }
-        // Byte 4j + kk of e[ii] is (row j, k = 4 (2h + ii) + kk): interleaving dwords gives each row's
-        // 8 offsets of this chunk in one qword; 128-bit lane l of lo holds rows 4l, 4l+1, of hi 4l+2, 4l+3.
+        // Byte 4j + kk of e[ii] is (row j, group k = 4 (2h + ii) + kk): interleaving dwords gives
+        // each row's 8 indices of chunk 2 sp + h (k % 8 = 4 ii + kk) in one qword.
         const __m512i lo = _mm512_unpacklo_epi32(e[0], e[1]), hi = _mm512_unpackhi_epi32(e[0], e[1]);
-        uint16_t* out = sidx + ((2 * sp + h) * rows + r0) * kChunkGroups;
-        for (int part = 0; part < 4; ++part) {
-          const __m512i src = part < 2 ? lo : hi;
-          const __m256i half = part % 2 == 0 ? _mm512_castsi512_si256(src) : _mm512_extracti64x4_epi64(src, 1);
-          const __m512i words = _mm512_slli_epi16(_mm512_add_epi16(_mm512_cvtepu8_epi16(half), kconst), 6);
-          // words: 128-bit piece q = lane 2 (part % 2) + q / 2, row 4 * lane + 2 (part / 2) + q % 2.
-          const int64_t lane0 = 2 * (part % 2), roff = 2 * (part / 2);
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (4 * lane0 + roff) * kChunkGroups),
-                           _mm512_extracti32x4_epi32(words, 0));
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (4 * lane0 + roff + 1) * kChunkGroups),
-                           _mm512_extracti32x4_epi32(words, 1));
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (4 * lane0 + 4 + roff) * kChunkGroups),
-                           _mm512_extracti32x4_epi32(words, 2));
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (4 * lane0 + 4 + roff + 1) * kChunkGroups),
-                           _mm512_extracti32x4_epi32(words, 3));
-        }
+        uint8_t* out = idx + ((2 * sp + h) * rows + r0) * kChunkGroups;
+        _mm512_storeu_si512(out, _mm512_permutex2var_epi64(lo, rows_0_7, hi));
+        _mm512_storeu_si512(out + 64, _mm512_permutex2var_epi64(lo, rows_8_15, hi));
       }
     }
   }
 }
 
-// Tables of all chunks for one token block from xt[col][32] (int16, LUT columns only).
+// Tables of all chunks for one token block from xt[col][32] (int16, table columns only).
 void build_tables(const int16_t* xt, int64_t spans, char* tab) {
   for (int64_t sp = 0; sp < spans; ++sp) {
     for (int64_t k = 0; k < 16; ++k) {
@@ -395,7 +519,7 @@ void build_tables(const int16_t* xt, int64_t spans, char* tab) {
       const __m512i z = _mm512_setzero_si512();
       const __m512i w1[3] = {_mm512_sub_epi16(z, x1), z, x1}, w2[3] = {_mm512_sub_epi16(z, x2), z, x2};
       const __m512i w0[3] = {_mm512_sub_epi16(z, x0), z, x0};
-      char* t = tab + (2 * sp + k / 8) * kChunkTableBytes + (k % 8) * 27 * kEntryBytes;
+      char* t = tab + (2 * sp + k / 8) * kChunkTableBytes + (k % 8) * kGroupTableBytes;
       for (int b = 0; b < 3; ++b) {
         for (int c = 0; c < 3; ++c) {
           const __m512i bc = _mm512_add_epi16(w1[b], w2[c]);
@@ -434,7 +558,7 @@ inline void transpose16(const int32_t* src, int64_t ss, int32_t* dst, int64_t ds
   }
 }
 
-// xt[j][t] (int16, 32 lanes) = activation code of token row n0 + t, column c0 + j, for t < nb <= 30
+// xt[j][t] (int16, 32 lanes) = activation code of token row n0 + t, column c0 + j, for t < nb <= 32
 // (other lanes zero) and j < cols (a multiple of 4): per 4 columns, two masked gathers of 4 bytes
 // from up to 16 token rows each, then each byte sign-extended and narrowed to 16 bits.
 void fill_lut_acts(const ActsView& x, int64_t n0, int64_t nb, int64_t c0, int64_t cols, int16_t* xt) {
@@ -456,93 +580,106 @@ void fill_lut_acts(const ActsView& x, int64_t n0, int64_t nb, int64_t c0, int64_
   }
 }
 
-// Loop order: per super-block of up to kGemmLutBlocks token blocks (30 token rows each, the last
-// one possibly partial), build every block's tables; then per sub-range of kGemmLutSubGroups row
-// groups, unpack each 64-row VNNI tile once and walk it with every token tile of the super-block,
-// each token tile running its own block's table units beside its steps; finally add the table sums.
+// Per call: the sum of every token row over the VNNI columns, and the tables of all token blocks;
+// then per pass of up to kGemmLutPassGroups row groups: the pass's table indices, each 64-row VNNI
+// tile unpacked once and walked by every token tile (full tiles carrying the table units), the
+// units the tiles left, and the sums combined into y.
 void gemm_hybrid(const WeightsView& w, const ActsView& x, float* y, int64_t y_stride, int64_t g0, int64_t g1,
                  uint8_t* scratch) {
-  const int64_t spans = gemm_lut_spans(w.blocks), chunks = 2 * spans;
-  const int64_t lb0 = w.blocks - 3 * spans, lut_cols = spans * kSpanCols;
-  const int64_t sub_max = (g1 - g0 < kGemmLutSubGroups ? g1 - g0 : kGemmLutSubGroups) * kGroup;
-  constexpr int64_t M = kGemmLutBlocks;
+  const int64_t n = x.n, nb = (n + kLutLanes - 1) / kLutLanes, n6 = (n + kTokTile - 1) / kTokTile * kTokTile;
+  const int64_t spans = gemm_lut_spans(w.blocks, n), chunks = 2 * spans, lb0 = w.blocks - 3 * spans;
+  const int64_t r_max = (g1 - g0 < kGemmLutPassGroups ? g1 - g0 : kGemmLutPassGroups) * kGroup;
   // The parts of gemm_scratch_bytes, in its order.
   uint8_t* p = scratch;
   uint8_t* tile = p;
-  p += round64(kGemmTileGroups * w.blocks * kGemmScratchPerBlock);
-  uint16_t* idx = reinterpret_cast<uint16_t*>(p);
-  p += round64(chunks * ((g1 - g0 + kGemmLutSubGroups - 1) / kGemmLutSubGroups) * kGemmLutSubGroups * kGroup * 16);
+  p += round64(kGemmTileGroups * lb0 * kGemmScratchPerBlock);
   char* tab = reinterpret_cast<char*>(p);
-  p += M * chunks * kChunkTableBytes;
-  int16_t* a16 = reinterpret_cast<int16_t*>(p);
-  p += M * sub_max * 64;
-  int32_t* a32 = reinterpret_cast<int32_t*>(p);
-  p += M * sub_max * 128;
-  int32_t* a32t = reinterpret_cast<int32_t*>(p);
-  p += sub_max * 128;
-  int32_t* vacc = reinterpret_cast<int32_t*>(p);
-  p += M * kHybTok * sub_max * 4;
+  p += nb * chunks * kChunkTableBytes;
   int16_t* xt = reinterpret_cast<int16_t*>(p);
   p += spans * kSpanCols * 64;
   int32_t* vsum = reinterpret_cast<int32_t*>(p);
+  p += round64(4 * n);
+  uint8_t* idx = p;
+  p += round64(chunks * r_max * kChunkGroups);
+  int16_t* a16 = reinterpret_cast<int16_t*>(p);
+  p += r_max * 64;
+  int32_t* a32 = reinterpret_cast<int32_t*>(p);
+  p += nb * r_max * 128;
+  int32_t* a32t = reinterpret_cast<int32_t*>(p);
+  p += 32 * r_max * 4;
+  int32_t* vacc = reinterpret_cast<int32_t*>(p);
+  p += n6 * r_max * 4;
+  int8_t* xpad = reinterpret_cast<int8_t*>(p);
+  const int64_t xpad_stride = round64(lb0 * kBlock);
 
-  build_lut_offsets(w, g0, g1, lb0, spans, idx);
-  const __m512i ones = _mm512_set1_epi8(1);
-  for (int64_t sb0 = 0; sb0 < x.n; sb0 += M * kHybTok) {
-    const int64_t sb_n = x.n - sb0 < M * kHybTok ? x.n - sb0 : M * kHybTok;
-    const int64_t nblk = (sb_n + kHybTok - 1) / kHybTok;
-    for (int64_t m = 0; m < nblk; ++m) {
-      const int64_t n0 = sb0 + m * kHybTok, nb = sb_n - m * kHybTok < kHybTok ? sb_n - m * kHybTok : kHybTok;
-      fill_lut_acts(x, n0, nb, lb0 * kBlock, lut_cols, xt);
-      build_tables(xt, spans, tab + m * chunks * kChunkTableBytes);
-      for (int64_t t = 0; t < nb; ++t) {  // sum over the vpdpbusd columns (codes are w + 1 there)
-        const int8_t* q = x.q + (n0 + t) * x.stride;
-        __m512i acc = _mm512_setzero_si512();
-        for (int64_t c = 0; c < lb0 * kBlock; c += 64) {
-          const int64_t rem = lb0 * kBlock - c;
-          const __mmask64 mk = rem >= 64 ? ~__mmask64{0} : (__mmask64{1} << rem) - 1;
-          acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(mk, q + c));
-        }
-        vsum[m * kLutLanes + t] = _mm512_reduce_add_epi32(acc);
+  // The last n % 6 token rows (VNNI columns) zero-padded to a full token tile, so every token tile
+  // runs the 4 x 6 loop with its table units (the padding rows' sums are never used).
+  if (n6 > n) {
+    for (int64_t t = 0; t < kTokTile; ++t) {
+      const int64_t row = n6 - kTokTile + t;
+      for (int64_t c = 0; c < xpad_stride; c += 64) {
+        const int64_t rem = lb0 * kBlock - c;
+        const __mmask64 mk = rem >= 64 ? ~__mmask64{0} : (__mmask64{1} << rem) - 1;
+        const __m512i v = row < n ? _mm512_maskz_loadu_epi8(mk, x.q + row * x.stride + c) : _mm512_setzero_si512();
+        _mm512_store_si512(xpad + t * xpad_stride + c, v);
       }
     }
-    for (int64_t s0 = g0; s0 < g1; s0 += kGemmLutSubGroups) {
-      const int64_t s1 = g1 - s0 < kGemmLutSubGroups ? g1 : s0 + kGemmLutSubGroups;
-      const int64_t rows = (s1 - s0) * kGroup;
-      const uint16_t* sidx = idx + (s0 - g0) / kGemmLutSubGroups * chunks * kGemmLutSubGroups * kGroup * kChunkGroups;
-      LutRun runs[M];
-      for (int64_t m = 0; m < nblk; ++m) {
-        int32_t* am = a32 + m * sub_max * kLutLanes;
-        for (int64_t i = 0; i < rows * kLutLanes; ++i) am[i] = 0;
-        runs[m] = LutRun{sidx, tab + m * chunks * kChunkTableBytes, a16 + m * sub_max * kLutLanes, am, 0, rows, 0, chunks};
-      }
-      for (int64_t g = s0; g < s1; g += kGemmTileGroups) {
-        const int ng = static_cast<int>(s1 - g < kGemmTileGroups ? s1 - g : kGemmTileGroups);
-        unpack_tile(w, g, ng, lb0, tile);
-        const LutBlockFn* fns = kLutBlockFns[ng - 1];
-        for (int64_t n0 = 0; n0 < sb_n; n0 += kTokTile) {
-          const int64_t nt = sb_n - n0 < kTokTile ? sb_n - n0 : kTokTile;
-          fns[nt - 1](tile, 4 * lb0, x.q + (sb0 + n0) * x.stride, x.stride, vacc + n0 * rows + (g - s0) * kGroup, rows,
-                      runs[n0 / kHybTok]);
+  }
+
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t t = 0; t < n; ++t) {  // sum over the vpdpbusd columns (codes are w + 1 there)
+    const int8_t* q = x.q + t * x.stride;
+    __m512i acc = _mm512_setzero_si512();
+    for (int64_t c = 0; c < lb0 * kBlock; c += 64) {
+      const int64_t rem = lb0 * kBlock - c;
+      const __mmask64 mk = rem >= 64 ? ~__mmask64{0} : (__mmask64{1} << rem) - 1;
+      acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(mk, q + c));
+    }
+    vsum[t] = _mm512_reduce_add_epi32(acc);
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t nbk = n - b * kLutLanes < kLutLanes ? n - b * kLutLanes : kLutLanes;
+    fill_lut_acts(x, b * kLutLanes, nbk, lb0 * kBlock, spans * kSpanCols, xt);
+    build_tables(xt, spans, tab + b * chunks * kChunkTableBytes);
+  }
+  const int64_t steps = 4 * lb0;
+  for (int64_t s0 = g0; s0 < g1; s0 += kGemmLutPassGroups) {
+    const int64_t s1 = g1 - s0 < kGemmLutPassGroups ? g1 : s0 + kGemmLutPassGroups;
+    const int64_t rows = (s1 - s0) * kGroup;
+    build_lut_idx(w, s0, s1, lb0, spans, idx);
+    const int64_t s2 = g1 - s1 < kGemmLutPassGroups ? g1 : s1 + kGemmLutPassGroups;  // the next pass
+    const char* wnext = reinterpret_cast<const char*>(w.data + s1 * w.blocks * kBlockBytes);
+    LutState st{idx,  tab,    a16, a16 + rows * kLutLanes, a16, a32, idx, rows, 0, chunks, 0, nb * chunks * rows,
+                wnext, wnext + (s2 - s1) * w.blocks * kBlockBytes};
+    for (int64_t g = s0; g < s1; g += kGemmTileGroups) {
+      const int ng = static_cast<int>(s1 - g < kGemmTileGroups ? s1 - g : kGemmTileGroups);
+      unpack_tile(w, g, ng, lb0, tile);
+      for (int64_t n0 = 0; n0 < n6; n0 += kTokTile) {
+        const bool pad = n0 + kTokTile > n;
+        const int8_t* xq = pad ? xpad : x.q + n0 * x.stride;
+        const int64_t xs = pad ? xpad_stride : x.stride;
+        int32_t* out = vacc + n0 * rows + (g - s0) * kGroup;
+        if (ng == kGemmTileGroups) {
+          gemm_tile_lut(tile, steps, xq, xs, out, rows, st);
+        } else {
+          kRawFns[ng - 1](tile, steps, xq, xs, out, rows);
         }
       }
-      for (int64_t m = 0; m < nblk; ++m) {
-        LutCursor rest(runs[m]);
-        while (rest.unit(runs[m])) {
-        }
-        const int64_t n0 = m * kHybTok, nb = sb_n - n0 < kHybTok ? sb_n - n0 : kHybTok;
-        const int32_t* am = a32 + m * sub_max * kLutLanes;
-        for (int64_t r0 = 0; r0 < rows; r0 += 16) {
-          transpose16(am + r0 * kLutLanes, kLutLanes, a32t + r0, rows);
-          transpose16(am + r0 * kLutLanes + 16, kLutLanes, a32t + 16 * rows + r0, rows);
-        }
-        for (int64_t t = 0; t < nb; ++t) {
-          for (int64_t g = s0; g < s1; ++g) {
-            const int64_t r0 = (g - s0) * kGroup;
-            const __m512i acc = _mm512_add_epi32(_mm512_load_si512(vacc + (n0 + t) * rows + r0),
-                                                 _mm512_load_si512(a32t + t * rows + r0));
-            store_rows(w, g, acc, vsum[m * kLutLanes + t], x.scale[sb0 + n0 + t], y + (sb0 + n0 + t) * y_stride);
-          }
+    }
+    while (st.units_left > 0) lut_unit(st);
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t n0 = b * kLutLanes, nbk = n - n0 < kLutLanes ? n - n0 : kLutLanes;
+      const int32_t* am = a32 + b * rows * kLutLanes;
+      for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+        transpose16(am + r0 * kLutLanes, kLutLanes, a32t + r0, rows);
+        transpose16(am + r0 * kLutLanes + 16, kLutLanes, a32t + 16 * rows + r0, rows);
+      }
+      for (int64_t t = 0; t < nbk; ++t) {
+        for (int64_t g = s0; g < s1; ++g) {
+          const int64_t r0 = (g - s0) * kGroup;
+          const __m512i acc = _mm512_add_epi32(_mm512_load_si512(vacc + (n0 + t) * rows + r0),
+                                               _mm512_load_si512(a32t + t * rows + r0));
+          store_rows(w, g, acc, vsum[n0 + t], x.scale[n0 + t], y + (n0 + t) * y_stride);
         }
       }
     }
@@ -555,7 +692,7 @@ void ternary_gemm(const WeightsView& w, const ActsView& x, float* y, int64_t y_s
     gemv(w, x.q, x.scale[0], x.sum[0], y, g0, g1);
     return;
   }
-  if (x.n >= kHybTok && scratch != nullptr && gemm_lut_spans(w.blocks) > 0) {
+  if (scratch != nullptr && x.lut && gemm_lut_spans(w.blocks, x.n) > 0) {
     gemm_hybrid(w, x, y, y_stride, g0, g1, scratch);
     return;
   }
@@ -766,10 +903,109 @@ void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys,
   }
 }
 
+// ---- KV cache rows to fp32 (the layouts of cpu_kernels.h) ----
+
+inline float load_f32(const uint8_t* p) {
+  float v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
+
+void rows_f16_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out) {
+  const int64_t full = d / 16 * 16;
+  const __mmask16 tm = tail_mask(d - full);
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const uint8_t* row = rows + j * row_bytes;
+    float* o = out + j * d;
+    for (int64_t i = 0; i < full; i += 16)
+      _mm512_storeu_ps(o + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i))));
+    if (full < d) _mm512_mask_storeu_ps(o + full, tm, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tm, row + 2 * full)));
+  }
+}
+
+void rows_q8_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out) {
+  const int64_t full = d / 16 * 16, so = kv_q8_scale_offset(d);
+  const __mmask16 tm = tail_mask(d - full);
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const uint8_t* row = rows + j * row_bytes;
+    float* o = out + j * d;
+    const __m512 s = _mm512_set1_ps(load_f32(row + so));
+    for (int64_t i = 0; i < full; i += 16) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i));
+      _mm512_storeu_ps(o + i, _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))));
+    }
+    if (full < d) {
+      const __m128i b = _mm_maskz_loadu_epi8(tm, row + full);
+      _mm512_mask_storeu_ps(o + full, tm, _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))));
+    }
+  }
+}
+
+// 8 bytes = 16 values: the low nibbles are values 0..7, the high ones 8..15, each code + 8. The 16
+// possible values of a group, s * (n - 8), are one vector (one multiplication each, as in the
+// scalar code); the nibbles then index it (vpermps).
+void rows_q4_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, int64_t group, float* out) {
+  const __m128i mask = _mm_set1_epi8(0x0f);
+  const __m512 codes = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const uint8_t* row = rows + j * row_bytes;
+    float* o = out + j * d;
+    for (int64_t g = 0; g < d; g += group) {
+      const __m512 table = _mm512_mul_ps(_mm512_set1_ps(load_f32(row + d / 2 + 4 * (g / group))), codes);
+      for (int64_t i = g; i < g + group; i += 16) {
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + i / 2));
+        const __m128i v = _mm_unpacklo_epi64(_mm_and_si128(b, mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask));
+        _mm512_storeu_ps(o + i, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(v), table));
+      }
+    }
+  }
+}
+
+// Stages h = 1, 2, 4, 8 inside each 16-lane vector: lane j takes its partner j ^ h; lanes with bit
+// h clear keep a + b (self + partner), the others a - b (partner - self): the scalar operations.
+void hadamard(float* x, int64_t d, float scale) {
+  if (d < 16) {
+    for (int64_t h = 1; h < d; h *= 2)
+      for (int64_t i = 0; i < d; i += 2 * h)
+        for (int64_t j = i; j < i + h; ++j) {
+          const float a = x[j], b = x[j + h];
+          x[j] = a + b;
+          x[j + h] = a - b;
+        }
+    for (int64_t i = 0; i < d; ++i) x[i] = x[i] * scale;
+    return;
+  }
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i p1 = _mm512_xor_si512(lane, _mm512_set1_epi32(1)), p2 = _mm512_xor_si512(lane, _mm512_set1_epi32(2));
+  const __m512i p4 = _mm512_xor_si512(lane, _mm512_set1_epi32(4)), p8 = _mm512_xor_si512(lane, _mm512_set1_epi32(8));
+  for (int64_t i = 0; i < d; i += 16) {
+    __m512 v = _mm512_loadu_ps(x + i);
+    __m512 p = _mm512_permutexvar_ps(p1, v);
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, p), 0xAAAA, p, v);
+    p = _mm512_permutexvar_ps(p2, v);
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, p), 0xCCCC, p, v);
+    p = _mm512_permutexvar_ps(p4, v);
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, p), 0xF0F0, p, v);
+    p = _mm512_permutexvar_ps(p8, v);
+    v = _mm512_mask_sub_ps(_mm512_add_ps(v, p), 0xFF00, p, v);
+    _mm512_storeu_ps(x + i, v);
+  }
+  for (int64_t h = 16; h < d; h *= 2)
+    for (int64_t i = 0; i < d; i += 2 * h)
+      for (int64_t j = i; j < i + h; j += 16) {
+        const __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + h);
+        _mm512_storeu_ps(x + j, _mm512_add_ps(a, b));
+        _mm512_storeu_ps(x + j + h, _mm512_sub_ps(a, b));
+      }
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < d; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), s));
+}
+
 }  // namespace
 
 const KernelTable kAvx512Kernels = {
     ternary_gemm, quantize_row, rmsnorm, rmsnorm_quantize_row, relu2_mul, dot, axpy, dot_rows, axpy_rows,
+    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard,
 };
 
 }  // namespace onebit::cpu::detail

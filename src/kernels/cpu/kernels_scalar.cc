@@ -9,7 +9,9 @@
 #endif
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
+#include "core/base/half.h"
 #include "kernels/cpu/kernel_table.h"
 
 namespace onebit::cpu::detail {
@@ -129,10 +131,60 @@ void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys,
   for (int64_t j = 0; j < n_keys; ++j) axpy(p[j], v + j * v_stride, out, d);
 }
 
+// ---- KV cache rows to fp32 (the layouts of cpu_kernels.h) ----
+
+inline float load_f32(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+void rows_f16_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out) {
+  for (int64_t j = 0; j < n_rows; ++j)
+    for (int64_t i = 0; i < d; ++i) {
+      uint16_t h;
+      std::memcpy(&h, rows + j * row_bytes + 2 * i, 2);
+      out[j * d + i] = f16_to_f32(h);
+    }
+}
+
+void rows_q8_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out) {
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const uint8_t* row = rows + j * row_bytes;
+    const float s = load_f32(row + kv_q8_scale_offset(d));
+    for (int64_t i = 0; i < d; ++i) out[j * d + i] = s * static_cast<float>(static_cast<int8_t>(row[i]));
+  }
+}
+
+// Chunk c (values 16c .. 16c + 15) is 8 bytes; byte m holds value m (low nibble) and m + 8 (high
+// nibble) of the chunk, each as code + 8.
+void rows_q4_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, int64_t group, float* out) {
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const uint8_t* row = rows + j * row_bytes;
+    for (int64_t i = 0; i < d; ++i) {
+      const int64_t m = i % 16;
+      const int code = ((row[i / 16 * 8 + m % 8] >> (m < 8 ? 0 : 4)) & 15) - 8;
+      out[j * d + i] = load_f32(row + d / 2 + 4 * (i / group)) * static_cast<float>(code);
+    }
+  }
+}
+
+void hadamard(float* x, int64_t d, float scale) {
+  for (int64_t h = 1; h < d; h *= 2)
+    for (int64_t i = 0; i < d; i += 2 * h)
+      for (int64_t j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+  for (int64_t i = 0; i < d; ++i) x[i] = x[i] * scale;
+}
+
 }  // namespace
 
 const KernelTable kScalarKernels = {
     ternary_gemm, quantize_row, rmsnorm, rmsnorm_quantize_row, relu2_mul, dot, axpy, dot_rows, axpy_rows,
+    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard,
 };
 
 }  // namespace onebit::cpu::detail

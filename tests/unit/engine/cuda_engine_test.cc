@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <string>
 
 #include "batch_check.h"
 #include "bitnet_testdata.h"
@@ -228,6 +230,34 @@ TEST(CudaEngine, BadInputIsAnErrorAndLeavesTheSessionUsable) {
   s->truncate(15);
   const std::vector<float> b = copy(s->decode(std::span(&one, 1)));
   EXPECT_EQ(max_abs_diff(a, b), 0.0);
+}
+
+// A KV cache type the backend does not have (q8 and q4r are CPU-only so far) is an Error at load
+// that names it and the types it has, never a crash or a silently different cache.
+TEST(CudaEngine, UnsupportedKvTypeIsAClearErrorAtLoad) {
+  SKIP_WITHOUT_CUDA();
+  auto m = tiny();
+  const std::unique_ptr<Backend> be = make_cuda_backend();
+  int refused = 0;
+  for (KvDtype t : kAllKvDtypes) {
+    EngineOptions o = cuda_opts(16);
+    o.kv_dtype = t;
+    if (be->supports_kv_dtype(t)) {
+      auto e = Engine::load(*m, o);
+      EXPECT_EQ(e->new_session()->decode(kPrompt).size(), static_cast<size_t>(e->n_vocab()));
+      continue;
+    }
+    ++refused;
+    try {
+      Engine::load(*m, o);
+      ADD_FAILURE() << kv_dtype_name(t) << ": no error";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("has no " + std::string(kv_dtype_name(t)) + " KV cache"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("f32"), std::string::npos) << msg;
+    }
+  }
+  std::printf("[cuda kv] %d of 4 KV cache types refused by the cuda backend\n", refused);
 }
 
 }  // namespace

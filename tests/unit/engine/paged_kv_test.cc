@@ -1,10 +1,12 @@
 // Paged KV cache (kv_pool.h, Session's block tables): any block size gives exactly the logits of a
 // contiguous cache; sessions sharing prefix blocks of one pool get exactly what they get alone;
-// truncating into a shared block copies it; a full pool is an Error that changes nothing.
+// truncating into a shared block copies it; a full pool is an Error that changes nothing. All of
+// it for every KV cache type (f32, f16, q8, q4r).
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <filesystem>
+#include <string>
 
 #include "bitnet_testdata.h"
 #include "core/base/error.h"
@@ -76,8 +78,12 @@ TEST(PagedKv, AnyBlockSizeGivesTheContiguousCachesLogits) {
   };
   const Case cases[] = {{"fast f32 (blocked prefill, decode fast path)", false, KvDtype::kF32, false},
                         {"fast f16", false, KvDtype::kF16, false},
+                        {"fast q8", false, KvDtype::kQ8, false},
+                        {"fast q4r", false, KvDtype::kQ4R, false},
                         {"reference f32", true, KvDtype::kF32, true},
-                        {"reference f16", true, KvDtype::kF16, true}};
+                        {"reference f16", true, KvDtype::kF16, true},
+                        {"reference q8", true, KvDtype::kQ8, true},
+                        {"reference q4r (head_dim 16: one group per row)", true, KvDtype::kQ4R, true}};
   auto dm = default_model();
   auto tm = tiny();
   for (const Case& c : cases) {
@@ -110,7 +116,9 @@ TEST(PagedKv, AnyBlockSizeGivesTheContiguousCachesLogits) {
   }
 }
 
-class SharedPool : public ::testing::Test {
+// Every test of the shared pool runs with each KV cache type (the pool's blocks hold quantized rows
+// with their scales; kv_copy_block copies both).
+class SharedPool : public ::testing::TestWithParam<KvDtype> {
  protected:
   void SetUp() override {
     model_ = default_model();
@@ -118,6 +126,7 @@ class SharedPool : public ::testing::Test {
     o.n_ctx = 128;
     o.n_threads = 2;
     o.n_batch = 32;
+    o.kv_dtype = GetParam();
     engine_ = Engine::load(*model_, o);
     ASSERT_EQ(engine_->kv_block(), 16);
   }
@@ -129,7 +138,7 @@ class SharedPool : public ::testing::Test {
   std::unique_ptr<Engine> engine_;
 };
 
-TEST_F(SharedPool, SessionsSharingPrefixBlocksGetTheirOwnLogits) {
+TEST_P(SharedPool, SessionsSharingPrefixBlocksGetTheirOwnLogits) {
   auto pool = engine_->new_kv_pool(16);
   const std::vector<int32_t> p = ids(40, 3), q = ids(9, 4), a_next = ids(20, 5), b_next = ids(4, 6);
   auto a = engine_->new_session(pool);
@@ -172,7 +181,7 @@ TEST_F(SharedPool, SessionsSharingPrefixBlocksGetTheirOwnLogits) {
                         std::span(ref_a[0]).subspan(39 * engine_->n_vocab())));
 }
 
-TEST_F(SharedPool, TruncatingIntoASharedBlockCopiesIt) {
+TEST_P(SharedPool, TruncatingIntoASharedBlockCopiesIt) {
   auto pool = engine_->new_kv_pool(16);
   const std::vector<int32_t> p = ids(40, 7), other = ids(10, 8), a_next = ids(3, 9);
   auto a = engine_->new_session(pool);
@@ -198,7 +207,7 @@ TEST_F(SharedPool, TruncatingIntoASharedBlockCopiesIt) {
   EXPECT_FALSE(pool->blocks().published(a->kv().block_table[1]));
 }
 
-TEST_F(SharedPool, AFullPoolIsAnErrorThatChangesNothing) {
+TEST_P(SharedPool, AFullPoolIsAnErrorThatChangesNothing) {
   auto pool = engine_->new_kv_pool(3);  // 48 positions
   auto a = engine_->new_session(pool), b = engine_->new_session(pool);
   a->decode(ids(40, 10));
@@ -231,6 +240,9 @@ TEST_F(SharedPool, AFullPoolIsAnErrorThatChangesNothing) {
   bad.kv_block = -1;
   EXPECT_THROW(Engine::load(*model_, bad), Error);
 }
+
+INSTANTIATE_TEST_SUITE_P(KvDtypes, SharedPool, ::testing::ValuesIn(kAllKvDtypes),
+                         [](const ::testing::TestParamInfo<KvDtype>& i) { return std::string(kv_dtype_name(i.param)); });
 
 }  // namespace
 }  // namespace onebit

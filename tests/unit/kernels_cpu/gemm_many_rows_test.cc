@@ -1,9 +1,11 @@
 // The many-token-row paths: the tiled AVX-512 GEMM (weights unpacked once per 64-row tile into
-// per-thread scratch, 4 row groups x 6 token rows of accumulators; from 30 token rows on, with the
-// last column blocks summed through int16 lookup tables beside it) and the attention helpers
-// dot_rows / axpy_rows. Each is checked bit for bit against a reference that does not share its
-// code: the GEMM against sums over the original int8 codes, the attention helpers against the
-// per-key dot / axpy loops they replace (on every ISA this CPU runs).
+// per-thread scratch, 4 row groups x 6 token rows of accumulators; from 32 token rows on, with the
+// last column blocks summed through int16 lookup tables of 32 token rows beside it, in passes of
+// 256 weight rows; from 128 token rows on, ternary_gemm splits the token rows into chunks, one
+// table build each) and the attention helpers dot_rows / axpy_rows. Each is checked bit for bit
+// against a reference that does not share its code: the GEMM against sums over the original int8
+// codes, the attention helpers against the per-key dot / axpy loops they replace (on every ISA
+// this CPU runs).
 #include <gtest/gtest.h>
 
 #include <random>
@@ -47,8 +49,9 @@ void expect_gemm_matches(const TernaryMatrix& m, const QuantizedActs& q, ThreadP
 }
 
 // Every (row groups in the last tile) x (token rows in the last token tile) combination, odd shapes,
-// 1..3 threads: tiles are 4 row groups = 64 rows, token tiles 6 rows, table blocks 30 rows (plus a
-// tail through vpdpbusd alone); columns from 113 on (8 blocks) have a table share.
+// 1..3 threads: tiles are 4 row groups = 64 rows, token tiles 6 rows, table blocks 32 rows (the
+// last one partial), table passes 256 rows; from 32 token rows on, columns from 113 on (8 blocks)
+// have a table share.
 TEST(TernaryGemmManyRows, BitIdenticalOnFreshRandomShapes) {
   std::mt19937 rng(20261127);
   ThreadPool pool1(1), pool2(2), pool3(3);
@@ -70,6 +73,30 @@ TEST(TernaryGemmManyRows, BitIdenticalOnFreshRandomShapes) {
   }
 }
 
+// From 128 token rows on the token rows are split into chunks (also with one thread), each chunk
+// building its own tables and walking all weight rows: odd token counts (partial 32-row table
+// blocks and 6-row VNNI tiles in every chunk), several table passes with a partial last one,
+// column counts with and without a table share, table chunks ending inside a step-loop iteration.
+TEST(TernaryGemmManyRows, TokenChunksAndTablePasses) {
+  std::mt19937 rng(4242);
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  ThreadPool* pools[] = {&pool1, &pool2, &pool3};
+  struct Case {
+    int64_t rows, cols, n;
+  };
+  const Case cases[] = {{600, 700, 128}, {257, 1000, 131}, {48, 2560, 200}, {300, 333, 256},
+                        {70, 6917, 130}, {33, 90, 140},   {513, 500, 187}};
+  int it = 0;
+  for (const Case& c : cases) {
+    const TernaryMatrix m = random_ternary(rng, c.rows, c.cols, it % 2 == 0);
+    const auto x = random_floats(rng, c.n * c.cols, 1.5f);
+    QuantizedActs q;
+    quantize_activations(x.data(), c.n, c.cols, c.cols, q, Isa::kScalar);
+    expect_gemm_matches(m, q, pools[it % 3], "token chunks");
+    ++it;
+  }
+}
+
 // A prefill-sized batch on a real projection shape (2B-4T k/v: 640 x 2560), and the widest one
 // (down: 2560 x 6912 -> here 80 x 6912 to keep the reference fast).
 TEST(TernaryGemmManyRows, ModelShapes) {
@@ -86,7 +113,8 @@ TEST(TernaryGemmManyRows, ModelShapes) {
 
 // Extreme sums through the tiled and table paths: all weights +1 or -1, activation codes at -128
 // and +127 (written by hand: quantization itself never produces -128), the widest BitNet rows + 5.
-// With n = 36 every table entry used is +-384 or +-381, the int16 bound the flush interval rests on.
+// With n = 36 and 130 (token chunks) every table entry used is +-384 or +-381, the int16 bound the
+// flush interval rests on (80 entries per int16 sum: |sum| <= 30,720).
 TEST(TernaryGemmManyRows, ExtremeValuesStayExact) {
   for (int sign : {-1, 1}) {
     for (int8_t code : {int8_t{-128}, int8_t{127}}) {
@@ -96,7 +124,7 @@ TEST(TernaryGemmManyRows, ExtremeValuesStayExact) {
       m.codes.assign(static_cast<size_t>(m.rows * m.cols), static_cast<int8_t>(sign));
       m.codes[5] = 0;  // one row not quite uniform
       m.scales = {1.0f};
-      for (int64_t n : {7, 36}) {
+      for (int64_t n : {7, 36, 130}) {
       std::vector<float> x(static_cast<size_t>(n * m.cols), 1.0f);
       QuantizedActs q;
       quantize_activations(x.data(), n, m.cols, m.cols, q);
