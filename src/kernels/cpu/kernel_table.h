@@ -98,6 +98,19 @@ struct KernelTable {
   void (*hadamard)(float* x, int64_t d, float scale);
 };
 
+// The hadamard entry written out plainly: the scalar kernel, and the SIMD kernels' path for sizes
+// below one vector. `static`: each ISA's file compiles its own copy with its own flags.
+static inline void hadamard_plain(float* x, int64_t d, float scale) {
+  for (int64_t h = 1; h < d; h *= 2)
+    for (int64_t i = 0; i < d; i += 2 * h)
+      for (int64_t j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+  for (int64_t i = 0; i < d; ++i) x[i] = x[i] * scale;
+}
+
 // Where a q8 row's scale sits (cpu_kernels.h).
 inline int64_t kv_q8_scale_offset(int64_t d) { return (d + 3) / 4 * 4; }
 

@@ -964,17 +964,7 @@ void rows_q4_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int6
 // Stages h = 1, 2, 4, 8 inside each 16-lane vector: lane j takes its partner j ^ h; lanes with bit
 // h clear keep a + b (self + partner), the others a - b (partner - self): the scalar operations.
 void hadamard(float* x, int64_t d, float scale) {
-  if (d < 16) {
-    for (int64_t h = 1; h < d; h *= 2)
-      for (int64_t i = 0; i < d; i += 2 * h)
-        for (int64_t j = i; j < i + h; ++j) {
-          const float a = x[j], b = x[j + h];
-          x[j] = a + b;
-          x[j + h] = a - b;
-        }
-    for (int64_t i = 0; i < d; ++i) x[i] = x[i] * scale;
-    return;
-  }
+  if (d < 16) return hadamard_plain(x, d, scale);
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i p1 = _mm512_xor_si512(lane, _mm512_set1_epi32(1)), p2 = _mm512_xor_si512(lane, _mm512_set1_epi32(2));
   const __m512i p4 = _mm512_xor_si512(lane, _mm512_set1_epi32(4)), p8 = _mm512_xor_si512(lane, _mm512_set1_epi32(8));

@@ -169,16 +169,7 @@ void rows_q4_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int6
   }
 }
 
-void hadamard(float* x, int64_t d, float scale) {
-  for (int64_t h = 1; h < d; h *= 2)
-    for (int64_t i = 0; i < d; i += 2 * h)
-      for (int64_t j = i; j < i + h; ++j) {
-        const float a = x[j], b = x[j + h];
-        x[j] = a + b;
-        x[j + h] = a - b;
-      }
-  for (int64_t i = 0; i < d; ++i) x[i] = x[i] * scale;
-}
+void hadamard(float* x, int64_t d, float scale) { hadamard_plain(x, d, scale); }
 
 }  // namespace
 

@@ -31,6 +31,7 @@
 #include "engine/cpu_backend.h"
 #include "engine/engine.h"
 #include "engine/kv_quant.h"
+#include "greedy_check.h"
 
 namespace onebit {
 namespace {
@@ -452,26 +453,11 @@ DecodeAgreement compare_decode(const Model& m, KvDtype t) {
       r.nll += nll_of(y, win[i + 1]) / static_cast<double>(win.size() - 1);
     }
   }
-  constexpr int kPrompts = 8, kSteps = 32;
-  for (int p = 0; p < kPrompts; ++p) {
-    const std::span<const int32_t> prompt = std::span(ids).subspan(static_cast<size_t>(300 + 100 * p), 32);
-    std::vector<int32_t> ga, gb;
-    for (auto [s, out] : {std::pair{sa.get(), &ga}, std::pair{sb.get(), &gb}}) {
-      s->reset();
-      std::span<const float> l = s->decode(prompt);
-      for (int k = 0; k < kSteps; ++k) {
-        const int32_t next = argmax(l);
-        out->push_back(next);
-        l = s->decode(std::span(&next, 1));
-      }
-    }
-    int pre = 0;
-    while (pre < kSteps && ga[static_cast<size_t>(pre)] == gb[static_cast<size_t>(pre)]) ++pre;
-    r.prefix += pre;
-    r.min_prefix = std::min(r.min_prefix, pre);
-    r.identical += pre == kSteps;
-    for (int k = 0; k < kSteps; ++k) r.equal_steps += ga[static_cast<size_t>(k)] == gb[static_cast<size_t>(k)];
-  }
+  const GreedyAgreement g = greedy_agreement(*sa, *sb, ids, 8, 32);
+  r.identical = g.identical;
+  r.prefix = g.prefix;
+  r.min_prefix = g.min_prefix;
+  r.equal_steps = g.equal_steps;
   std::printf("[kv %s] default model, 256 positions: logits max rel %.3g, top-1 %d/256, nll %.6f (f32 %.6f); greedy "
               "8 prompts x 32: %d identical, common prefix %d/256 (shortest %d), equal steps %d/256\n",
               std::string(kv_dtype_name(t)).c_str(), r.max_rel, r.top1, r.nll, r.nll_f32, r.identical, r.prefix,

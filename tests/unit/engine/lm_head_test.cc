@@ -26,6 +26,7 @@
 #include "core/tokenizer/tokenizer.h"
 #include "engine/cpu_backend.h"
 #include "engine/engine.h"
+#include "greedy_check.h"
 
 namespace onebit {
 namespace {
@@ -249,26 +250,9 @@ TEST(LmHeadInt8, DefaultModel) {
   EXPECT_GE(top1, 243);  // >= 95 %
 
   // Free-running greedy: 8 prompts of 32 tokens, 32 steps each.
-  int equal_steps = 0, prefix = 0, identical = 0;
   constexpr int kPrompts = 8, kSteps = 32;
-  for (int p = 0; p < kPrompts; ++p) {
-    const std::span<const int32_t> prompt = std::span(ids).subspan(static_cast<size_t>(300 + 100 * p), 32);
-    std::vector<int32_t> ga, gb;
-    for (auto [s, out] : {std::pair{sa.get(), &ga}, std::pair{sb.get(), &gb}}) {
-      s->reset();
-      std::span<const float> l = s->decode(prompt);
-      for (int k = 0; k < kSteps; ++k) {
-        const int32_t next = argmax(l);
-        out->push_back(next);
-        l = s->decode(std::span(&next, 1));
-      }
-    }
-    int pre = 0;
-    while (pre < kSteps && ga[static_cast<size_t>(pre)] == gb[static_cast<size_t>(pre)]) ++pre;
-    prefix += pre;
-    identical += pre == kSteps;
-    for (int k = 0; k < kSteps; ++k) equal_steps += ga[static_cast<size_t>(k)] == gb[static_cast<size_t>(k)];
-  }
+  const GreedyAgreement g = greedy_agreement(*sa, *sb, ids, kPrompts, kSteps);
+  const int identical = g.identical, prefix = g.prefix, equal_steps = g.equal_steps;
   std::printf("[lm_head] default model greedy, %d prompts x %d: %d identical, common prefix %d/%d, equal steps %d/%d\n",
               kPrompts, kSteps, identical, prefix, kPrompts * kSteps, equal_steps, kPrompts * kSteps);
   EXPECT_GE(prefix, kPrompts * kSteps / 2);  // "mostly equal": at least half of all steps before the first divergence
