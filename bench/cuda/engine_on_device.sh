@@ -6,13 +6,15 @@
 #   device: bash bench/cuda/engine_on_device.sh [quick]                        # carry .devbin
 #
 # Logs go to $OUT (the device tool brings them back). The test binaries look for test data under
-# the source folder they were built in (/work/main); a link makes that folder exist there.
+# the source folder they were built in (/work/main, or $SRC_DIR for a build made in another
+# worktree); a link makes that folder exist there. $DEVBIN: the packed folder (default .devbin).
 set -uo pipefail
-BIN="$PWD/.devbin"
+BIN="$PWD/${DEVBIN:-.devbin}"
 OUT="${OUT:-/tmp/onebit-out}"
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$BIN/lib:${LD_LIBRARY_PATH:-}"
-if [ "$PWD" != /work/main ]; then mkdir -p /work && ln -sfn "$PWD" /work/main; fi
+SRC="${SRC_DIR:-/work/main}"
+if [ "$PWD" != "$SRC" ]; then mkdir -p "$(dirname "$SRC")" && ln -sfn "$PWD" "$SRC"; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 status=0
 step() { echo "== $*"; "$@" || { echo "FAILED ($?): $*"; status=1; }; }
