@@ -12,6 +12,21 @@
 
 namespace onebit {
 
+int64_t input_piece_rows(int64_t left, int64_t room) {
+  if (left <= room) return left;
+  const int64_t t = std::min(room, left - 2);
+  return t >= 2 ? t : 0;
+}
+
+namespace {
+// input_piece_rows for a pass that is still empty: some rows always go (a batch of 1 to 3 rows
+// cannot always keep pieces of 2).
+int64_t pass_piece(int64_t left, int64_t batch) {
+  const int64_t t = input_piece_rows(left, batch);
+  return t > 0 ? t : std::min(left, batch);
+}
+}  // namespace
+
 namespace {
 
 // Every id in [0, vocab), else Error naming the first bad one (`where` prefixes the message).
@@ -235,7 +250,9 @@ void Engine::decode_batch(std::span<BatchItem> items, BatchOutput out) {
     while (item < items.size() && static_cast<int64_t>(tokens.size()) < batch) {
       BatchItem& it = items[item];
       const int64_t n = static_cast<int64_t>(it.tokens.size());
-      const int64_t take = std::min(n - offset, batch - static_cast<int64_t>(tokens.size()));
+      const int64_t room = batch - static_cast<int64_t>(tokens.size());
+      const int64_t take = tokens.empty() ? pass_piece(n - offset, room) : input_piece_rows(n - offset, room);
+      if (take == 0) break;  // the rest of this item starts the next pass
       seqs.push_back({&it.session->kv_, it.session->n_past_, take});  // n_past_ counts earlier passes
       seq_items.push_back(item);
       seq_offsets.push_back(offset);
@@ -328,8 +345,8 @@ std::vector<float> Session::hidden_states(std::span<const int32_t> tokens) {
          pool_->block_size(), pool_->blocks().n_available(), pool_->blocks().n_blocks());
   std::vector<float> out(static_cast<size_t>(n * dim));
   const int64_t batch = state_->n_batch();
-  for (int64_t b = 0; b < n; b += batch) {
-    const int64_t m = std::min(batch, n - b);
+  for (int64_t b = 0, m = 0; b < n; b += m) {
+    m = pass_piece(n - b, batch);
     const std::span<const int32_t> chunk = tokens.subspan(static_cast<size_t>(b), static_cast<size_t>(m));
     engine_.graph_->forward(*state_, kv_, chunk, b, false, nullptr, out.data() + b * dim);
     append(chunk);
@@ -354,8 +371,8 @@ std::span<const float> Session::decode(std::span<const int32_t> tokens, bool all
   const size_t need = static_cast<size_t>((all_logits ? n : 1) * vocab);
   logits_buffer(need);
   const int64_t batch = state_->n_batch();
-  for (int64_t b = 0; b < n; b += batch) {
-    const int64_t m = std::min(batch, n - b);
+  for (int64_t b = 0, m = 0; b < n; b += m) {
+    m = pass_piece(n - b, batch);
     // Without all_logits only the last chunk runs the LM head.
     float* out = all_logits ? logits_ + b * vocab : (b + m == n ? logits_ : nullptr);
     const std::span<const int32_t> chunk = tokens.subspan(static_cast<size_t>(b), static_cast<size_t>(m));

@@ -56,6 +56,13 @@ struct EngineOptions {
   int64_t kv_block = 16;
 };
 
+// How many rows of an input with `left` tokens still to run go into a pass with `room` free rows:
+// all of them if they fit; else as many as fit while both this piece and the rest keep at least 2
+// rows, so that every row of a multi-token input goes through the backend's multi-row (prompt)
+// attention however the input is cut (alone, or packed beside other sequences) and gets the same
+// bits there; 0 when no such cut fits in `room` (the piece starts in a later pass).
+int64_t input_piece_rows(int64_t left, int64_t room);
+
 class Session;
 
 // One sequence's part of Engine::decode_batch.

@@ -478,7 +478,8 @@ bool Scheduler::step(Running& r, int64_t& budget) {
     // The next chunk of the prompt (or, after a preemption, of prompt + generated) that is not in
     // the KV cache yet, within the step's budget.
     const int64_t done = session.n_past();
-    const int64_t take = std::min(static_cast<int64_t>(r.history.size()) - done, budget);
+    // (input_piece_rows: pieces of at least 2 rows, as Session::decode cuts a prompt.)
+    const int64_t take = input_piece_rows(static_cast<int64_t>(r.history.size()) - done, budget);
     if (take <= 0) return true;  // no budget left in this step
     r.pending = std::span(r.history).subspan(static_cast<size_t>(done), static_cast<size_t>(take));
     budget -= take;

@@ -611,16 +611,24 @@ void check_attention_decode(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, in
   free_all(a.data, q1, k1, scratch1, out1, dc, ds, dv, dpos);
 }
 
-// A multi-sequence pass: S rows, each of its own cache and position (RowSeq), through
-// attention_decode and through rope_kv_store_rows + attention_rows, against each row run alone
-// (n = 1): outputs and caches bit for bit.
-void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t S, bool f16) {
+// A multi-sequence pass: sequence i has counts[i] consecutive rows (default: S sequences of one
+// row), each sequence its own cache and positions (RowSeq; one_split on the rows of a sequence
+// with several), through attention_decode (one row each only) and through rope_kv_store_rows +
+// attention_rows, against each sequence run alone: outputs and caches bit for bit. Several rows of
+// a sequence go to the tensor-core prefill kernel alone and in the pass, the single rows to the
+// split kernels.
+void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t S, bool f16,
+                           std::vector<int64_t> counts = {}) {
+  if (counts.empty()) counts.assign(static_cast<size_t>(S), 1);
+  S = static_cast<int64_t>(counts.size());
+  int64_t N = 0;
+  for (int64_t c : counts) N += c;
   const KvView kv = kv_shape(2, Hkv, n_ctx, D, f16);
-  const std::string what = "multi-sequence attention S=" + std::to_string(S) + " D=" + std::to_string(D) +
-                           " ctx=" + std::to_string(n_ctx) + (f16 ? " f16" : " f32");
+  const std::string what = "multi-sequence attention S=" + std::to_string(S) + " rows=" + std::to_string(N) +
+                           " D=" + std::to_string(D) + " ctx=" + std::to_string(n_ctx) + (f16 ? " f16" : " f32");
   const size_t elems = static_cast<size_t>(2 * 2 * Hkv * n_ctx * D), bytes = elems * (f16 ? 2 : 4);
   std::vector<std::vector<uint8_t>> caches;
-  std::vector<int32_t> pos;
+  std::vector<int32_t> pos;  // each sequence's first position
   for (int64_t i = 0; i < S; ++i) {
     const std::vector<float> f = randn(elems);
     std::vector<uint8_t> c(bytes);
@@ -633,12 +641,13 @@ void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int
       }
     }
     caches.push_back(std::move(c));
-    pos.push_back(static_cast<int32_t>(std::uniform_int_distribution<int64_t>(0, n_ctx - 1)(rng)));
+    const int64_t last = n_ctx - counts[static_cast<size_t>(i)];
+    pos.push_back(static_cast<int32_t>(std::uniform_int_distribution<int64_t>(0, last)(rng)));
   }
   pos[0] = 0;
-  pos[static_cast<size_t>(S - 1)] = static_cast<int32_t>(n_ctx - 1);
-  const std::vector<float> q = randn(static_cast<size_t>(S * H * D)), k = randn(static_cast<size_t>(S * Hkv * D)),
-                           v = randn(static_cast<size_t>(S * Hkv * D));
+  pos[static_cast<size_t>(S - 1)] = static_cast<int32_t>(n_ctx - counts.back());
+  const std::vector<float> q = randn(static_cast<size_t>(N * H * D)), k = randn(static_cast<size_t>(N * Hkv * D)),
+                           v = randn(static_cast<size_t>(N * Hkv * D));
   std::vector<float> ct(static_cast<size_t>(n_ctx * D / 2)), st(ct.size());
   for (size_t i = 0; i < ct.size(); ++i) {
     const double a = std::uniform_real_distribution<double>(-3.2, 3.2)(rng);
@@ -647,49 +656,54 @@ void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int
   }
   float *dc = dev(ct), *ds = dev(st);
   const size_t hd = static_cast<size_t>(H * D), kd = static_cast<size_t>(Hkv * D);
-  // Each row alone.
-  std::vector<float> want(static_cast<size_t>(S) * hd);
+  // Each sequence alone.
+  std::vector<float> want(static_cast<size_t>(N) * hd);
   std::vector<std::vector<uint8_t>> want_cache;
-  for (int64_t i = 0; i < S; ++i) {
+  for (int64_t i = 0, r0 = 0; i < S; r0 += counts[static_cast<size_t>(i)], ++i) {
+    const int64_t c = counts[static_cast<size_t>(i)];
     KvView a = kv;
     a.data = dev(caches[static_cast<size_t>(i)]);
-    float* dq = dev(std::vector<float>(q.begin() + i * hd, q.begin() + (i + 1) * hd));
-    float* dk = dev(std::vector<float>(k.begin() + i * kd, k.begin() + (i + 1) * kd));
-    float* dv = dev(std::vector<float>(v.begin() + i * kd, v.begin() + (i + 1) * kd));
+    float* dq = dev(std::vector<float>(q.begin() + r0 * hd, q.begin() + (r0 + c) * hd));
+    float* dk = dev(std::vector<float>(k.begin() + r0 * kd, k.begin() + (r0 + c) * kd));
+    float* dv = dev(std::vector<float>(v.begin() + r0 * kd, v.begin() + (r0 + c) * kd));
     int32_t* dp = dev(std::vector<int32_t>{pos[static_cast<size_t>(i)]});
-    const size_t sfl = attention_scratch_floats(n_ctx, 1, H, D);
+    const size_t sfl = attention_scratch_floats(n_ctx, c, H, D);
     float* scratch = sfl ? dev_poison<float>(sfl) : nullptr;
-    float* out = dev_poison<float>(hd);
-    CK(rope_kv_store_rows(dq, dk, dv, 1, H, a, 1, dc, ds, dp, nullptr));
-    CK(attention_rows(a, 1, dq, 1, H, dp, scratch, out, nullptr));
-    const std::vector<float> o = host(out, hd);
-    std::copy(o.begin(), o.end(), want.begin() + i * hd);
+    float* out = dev_poison<float>(static_cast<size_t>(c) * hd);
+    CK(rope_kv_store_rows(dq, dk, dv, c, H, a, 1, dc, ds, dp, nullptr));
+    CK(attention_rows(a, 1, dq, c, H, dp, scratch, out, nullptr));
+    const std::vector<float> o = host(out, static_cast<size_t>(c) * hd);
+    std::copy(o.begin(), o.end(), want.begin() + r0 * static_cast<int64_t>(hd));
     want_cache.push_back(host(static_cast<uint8_t*>(a.data), bytes));
     free_all(a.data, dq, dk, dv, dp, scratch, out);
   }
+  const bool one_row_each = N == S;
   for (bool fused : {true, false}) {
-    std::vector<RowSeq> rows(static_cast<size_t>(S));
+    if (fused && !one_row_each) continue;
+    std::vector<RowSeq> rows;
     std::vector<void*> bufs;
     for (int64_t i = 0; i < S; ++i) {
-      rows[static_cast<size_t>(i)].kv = dev(caches[static_cast<size_t>(i)]);
-      rows[static_cast<size_t>(i)].pos = pos[static_cast<size_t>(i)];
-      bufs.push_back(rows[static_cast<size_t>(i)].kv);
+      void* c = dev(caches[static_cast<size_t>(i)]);
+      bufs.push_back(c);
+      const int64_t cnt = counts[static_cast<size_t>(i)];
+      for (int64_t j = 0; j < cnt; ++j)
+        rows.push_back(RowSeq{c, nullptr, static_cast<int32_t>(pos[static_cast<size_t>(i)] + j), cnt > 1 ? 1 : 0});
     }
     RowSeq* drows = dev(rows);
     float *dq = dev(q), *dk = dev(k), *dv = dev(v);
-    const size_t sfl = attention_scratch_floats(n_ctx, S, H, D, true);
+    const size_t sfl = attention_scratch_floats(n_ctx, N, H, D, true);
     float* scratch = sfl ? dev_poison<float>(sfl) : nullptr;
-    float* out = dev_poison<float>(static_cast<size_t>(S) * hd);
+    float* out = dev_poison<float>(static_cast<size_t>(N) * hd);
     KvView b = kv;
     b.data = nullptr;  // every row names its cache
     if (fused) {
-      CK(attention_decode(b, 1, dq, dk, dv, S, H, dc, ds, nullptr, drows, scratch, out, nullptr));
+      CK(attention_decode(b, 1, dq, dk, dv, N, H, dc, ds, nullptr, drows, scratch, out, nullptr));
     } else {
-      CK(rope_kv_store_rows(dq, dk, dv, S, H, b, 1, dc, ds, nullptr, nullptr, drows));
-      CK(attention_rows(b, 1, dq, S, H, nullptr, scratch, out, nullptr, drows));
+      CK(rope_kv_store_rows(dq, dk, dv, N, H, b, 1, dc, ds, nullptr, nullptr, drows));
+      CK(attention_rows(b, 1, dq, N, H, nullptr, scratch, out, nullptr, drows));
     }
     const std::string w = what + (fused ? " (attention_decode)" : " (rope_kv_store_rows + attention_rows)");
-    expect(host(out, static_cast<size_t>(S) * hd) == want, w + ": output differs from the rows run alone");
+    expect(host(out, static_cast<size_t>(N) * hd) == want, w + ": output differs from the sequences run alone");
     bool same_cache = true;
     for (int64_t i = 0; i < S; ++i)
       same_cache = same_cache && host(static_cast<uint8_t*>(bufs[static_cast<size_t>(i)]), bytes) ==
@@ -828,6 +842,14 @@ int main() {
     check_attention(4, 2, 16, 64, 10, 5, f16);
     check_attention(4, 2, 16, 64, 63, 1, f16);
     check_attention(4, 4, 256, 300, 299, 1, f16);
+    // Prompt rows on the tensor-core kernel (fp16 caches, head_dim 64/128, G = 1, 2, 4, 8): a long
+    // prompt after earlier positions, a block's rows cut by the end, rows not a multiple of 64 / G.
+    check_attention(20, 5, 128, 4096, 1000, 300, f16);
+    check_attention(8, 8, 64, 256, 3, 70, f16);
+    check_attention(16, 8, 128, 512, 0, 33, f16);
+    check_attention(16, 2, 64, 512, 17, 9, f16);
+    check_attention(8, 1, 128, 300, 250, 50, f16);
+    check_attention(12, 4, 64, 200, 0, 2, f16);  // G = 3: the split kernels
   }
   for (DenseType t : {DenseType::kF32, DenseType::kF16, DenseType::kBF16}) {
     check_dense(t, 4096, 512, 1);
@@ -859,6 +881,10 @@ int main() {
     check_attention_multi(20, 5, 128, 1024, 7, f16);
     check_attention_multi(8, 2, 64, 512, 33, f16);
     check_attention_multi(8, 2, 64, 64, 3, f16);
+    // Prompt chunks beside decode rows: each sequence's rows get what they get alone.
+    check_attention_multi(20, 5, 128, 1024, 0, f16, {5, 1, 70, 1, 17, 2});
+    check_attention_multi(8, 2, 64, 512, 0, f16, {1, 33, 1, 1, 130});
+    check_attention_multi(16, 2, 64, 256, 0, f16, {9, 7, 1});
     for (int64_t pos : {0, 15, 16, 100, 1000}) check_attention_paged(20, 5, 128, 1024, 16, pos, 1, f16);
     check_attention_paged(8, 2, 64, 512, 16, 33, 40, f16);
     check_attention_paged(8, 2, 64, 512, 5, 200, 1, f16);

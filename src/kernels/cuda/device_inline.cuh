@@ -30,6 +30,26 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// ---- cp.async (sm_80+) ----
+// 16 bytes global -> shared, asynchronous; src_bytes = 0 writes zeros (src must still be valid).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(src_bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+#endif
+}
+
 // ---- bulk copies into shared memory (sm_90: the TMA engine), completion on an mbarrier ----
 // Shared-memory addresses are 32-bit (cvta). The bulk copy's size is a multiple of 16 bytes, both
 // addresses 16-byte aligned. All of these compile to nothing below sm_90 (callers check the arch).

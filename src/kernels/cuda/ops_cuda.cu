@@ -7,8 +7,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <string_view>
 
+#include "kernels/cuda/attention_prefill_cuda.h"
 #include "kernels/cuda/device_inline.cuh"
+#include "kernels/cuda/kv_layout.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ternary_gemv_cuda.h"
 
 namespace onebit::cuda {
@@ -44,21 +48,7 @@ bool g_pdl = false;
 template <typename... KArgs, typename... Args>
 cudaError_t launch_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                         Args... args) {
-  cudaLaunchConfig_t lc = {};
-  lc.gridDim = grid;
-  lc.blockDim = block;
-  lc.dynamicSmemBytes = smem;
-  lc.stream = stream;
-  cudaLaunchAttribute attr[1];
-  if (g_pdl) {
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    lc.attrs = attr;
-    lc.numAttrs = 1;
-  }
-  const cudaError_t e = cudaLaunchKernelEx(&lc, kernel, static_cast<KArgs>(args)...);
-  if (e != cudaSuccess) return e;
-  return cudaGetLastError();
+  return launch_kernel(g_pdl, kernel, grid, block, smem, stream, args...);
 }
 template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
@@ -251,25 +241,6 @@ __device__ __forceinline__ void mma_u8s8(int (&c)[4], unsigned a0, unsigned a1, 
 #endif
 }
 
-// 16 bytes global -> shared, asynchronous; src_bytes = 0 writes zeros (src must still be valid).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(src_bytes) : "memory");
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
-#endif
-}
-
 __global__ void __launch_bounds__(32 * kGemmWarps)
     gemm_kernel(const uint4* __restrict__ w, const float* __restrict__ row_scale, int rows, int n_groups, int K,
                 const int8_t* __restrict__ q, int64_t stride, const float* __restrict__ scales,
@@ -377,36 +348,6 @@ __global__ void rope_kernel(float* __restrict__ x, int n_heads, int head_dim, co
     v[j] = rope_lo(a, b, c, s);
     v[j + half] = rope_hi(a, b, c, s);
   }
-}
-
-// Row i's position: its RowSeq's in a multi-sequence pass, else *pos0 + i (one sequence).
-// A row of a sequence with several rows in the pass takes one split, as it would alone.
-__device__ __forceinline__ int row_splits(const RowSeq* rows, int i, int splits) {
-  return rows != nullptr && rows[i].one_split != 0 ? 1 : splits;
-}
-__device__ __forceinline__ int row_pos(const RowSeq* rows, const int32_t* pos0, int i) {
-  return rows != nullptr ? rows[i].pos : *pos0 + i;
-}
-
-// Element offset of (K or V, layer, kv head, position) in a (paged) cache: position p lives in slot
-// p % bs of pool block table[p / bs] (the identity without a table; one block of n_ctx positions
-// when block_size is 0, which is the contiguous layout).
-// (Called per key inside the attention loops: a power-of-two block size, the default 16, takes a
-// shift and a mask instead of a division.)
-__device__ __forceinline__ size_t kv_off(const KvView& kv, int which, int64_t layer, int64_t head, int64_t pos) {
-  const int bs = static_cast<int>(kv.block_size > 0 ? kv.block_size : kv.n_ctx);
-  const int p = static_cast<int>(pos);
-  int lb, slot;
-  if ((bs & (bs - 1)) == 0) {
-    lb = p >> (__ffs(bs) - 1);
-    slot = p & (bs - 1);
-  } else {
-    lb = p / bs;
-    slot = p - lb * bs;
-  }
-  const int64_t blk = kv.table != nullptr ? kv.table[lb] : lb;
-  return static_cast<size_t>(
-      ((((which * kv.n_layers + layer) * kv.n_blocks + blk) * kv.n_kv_heads + head) * bs + slot) * kv.head_dim);
 }
 
 __global__ void kv_store_kernel(KvView kv, int64_t layer, const float* __restrict__ k, const float* __restrict__ v,
@@ -651,7 +592,13 @@ struct DecodeFuse {
   const float* v = nullptr;
   const float* cos_t = nullptr;
   const float* sin_t = nullptr;
+  // A multi-sequence pass whose prompt rows (one_split) attention_prefill computes: skip them.
+  int skip_chunk_rows = 0;
 };
+// Rows of a multi-sequence pass that attention_prefill computes instead (attention_rows).
+__device__ __forceinline__ bool chunk_row_elsewhere(int skip_chunk_rows, const RowSeq* rows, int i) {
+  return skip_chunk_rows != 0 && rows != nullptr && rows[i].one_split != 0;
+}
 
 // kStage (fp16 caches): each tile's K and V rows are copied into shared memory with cp.async
 // first (K rows padded to D + 8 halves so the per-key 16-byte reads hit distinct banks), so a
@@ -688,7 +635,8 @@ __global__ void __launch_bounds__(kAttnThreads)
   const int n_keys = row_pos(rows, pos0, i) + 1;
   const int chunk = split_chunk(n_keys, row_splits(rows, i, splits));
   const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk);
-  if (k0 >= n_keys) {  // beyond the active splits (the merge skips them too)
+  // Beyond the active splits (the merge skips them too), or a prompt row attention_prefill takes.
+  if (k0 >= n_keys || chunk_row_elsewhere(fuse.skip_chunk_rows, rows, i)) {
     pdl_wait();
     return;
   }
@@ -929,10 +877,11 @@ __global__ void __launch_bounds__(kAttnThreads)
 // Merge of the splits: block = (row, head), threads over D.
 __global__ void attention_merge_kernel(const float* __restrict__ scratch, int n_heads, int D, int splits,
                                        const int32_t* __restrict__ pos0, const RowSeq* __restrict__ rows,
-                                       float* __restrict__ out) {
+                                       float* __restrict__ out, int skip_chunk_rows) {
   pdl_trigger();
   pdl_wait();
   const int i = blockIdx.x, h = blockIdx.y;
+  if (chunk_row_elsewhere(skip_chunk_rows, rows, i)) return;
   const int n_keys = row_pos(rows, pos0, i) + 1;
   const int chunk = split_chunk(n_keys, row_splits(rows, i, splits));
   const int active = (n_keys + chunk - 1) / chunk;
@@ -1490,11 +1439,19 @@ cudaError_t launch_attention_fast(const KvView& kv, int64_t layer, const float* 
 }
 
 cudaError_t launch_attention_merge(const KvView& kv, int64_t n, int64_t n_heads, int64_t splits, const int32_t* pos0,
-                                   const RowSeq* rows, float* scratch, float* out, cudaStream_t stream) {
+                                   const RowSeq* rows, float* scratch, float* out, cudaStream_t stream,
+                                   int skip_chunk_rows = 0) {
   TRY_LAUNCH(attention_merge_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads)), dim3(128), stream,
              scratch, static_cast<int>(n_heads), static_cast<int>(kv.head_dim), static_cast<int>(splits), pos0, rows,
-             out);
+             out, skip_chunk_rows);
   return cudaSuccess;
+}
+
+// Prompt rows on tensor cores (attention_prefill) unless ONEBIT_CUDA_PREFILL_ATTN=0 (read at each
+// call, so a test can compare both paths in one process).
+bool prefill_attention_on(const KvView& kv, int64_t n_heads) {
+  const char* e = std::getenv("ONEBIT_CUDA_PREFILL_ATTN");
+  return (e == nullptr || std::string_view(e) != "0") && attention_prefill_supported(kv, n_heads);
 }
 
 }  // namespace
@@ -1502,12 +1459,23 @@ cudaError_t launch_attention_merge(const KvView& kv, int64_t n, int64_t n_heads,
 cudaError_t attention_rows(KvView kv, int64_t layer, const float* q, int64_t n, int64_t n_heads, const int32_t* pos0,
                            float* scratch, float* out, cudaStream_t stream, const RowSeq* rows) {
   if (n <= 0 || !attention_shape_ok(kv, n_heads, layer)) return cudaErrorInvalidValue;
+  // Several rows of one sequence (a prompt), or the prompt rows of a multi-sequence pass: tensor
+  // cores. The other rows of a multi-sequence pass (one each of their sequence) stay below.
+  const bool tc = prefill_attention_on(kv, n_heads);
+  if (tc && rows == nullptr && n > 1) return attention_prefill(kv, layer, q, n, n_heads, pos0, nullptr, out, stream);
   const int64_t splits = attention_splits(kv.n_ctx, n, rows != nullptr);
   if (splits > 1 && scratch == nullptr) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(kv.n_kv_heads), static_cast<unsigned>(n), static_cast<unsigned>(splits));
+  const int skip_chunk_rows = tc && rows != nullptr ? 1 : 0;
+  if (skip_chunk_rows != 0) {
+    const cudaError_t e = attention_prefill(kv, layer, q, n, n_heads, pos0, rows, out, stream);
+    if (e != cudaSuccess) return e;
+  }
   if (attention_fast_shape(kv, n_heads)) {
-    const cudaError_t e = launch_attention_fast(kv, layer, q, n, n_heads, splits, pos0, rows, scratch, out,
-                                                DecodeFuse{}, stream);
+    DecodeFuse plain;
+    plain.skip_chunk_rows = skip_chunk_rows;
+    const cudaError_t e = launch_attention_fast(kv, layer, q, n, n_heads, splits, pos0, rows, scratch, out, plain,
+                                                stream);
     if (e != cudaSuccess) return e;
   } else if (kv.f16) {
     TRY_LAUNCH(attention_kernel<true>, grid, dim3(kAttnThreads), stream, kv, layer, q, static_cast<int>(n_heads),
@@ -1517,7 +1485,7 @@ cudaError_t attention_rows(KvView kv, int64_t layer, const float* q, int64_t n, 
                static_cast<int>(splits), pos0, rows, scratch, out);
   }
   if (splits == 1) return cudaSuccess;
-  return launch_attention_merge(kv, n, n_heads, splits, pos0, rows, scratch, out, stream);
+  return launch_attention_merge(kv, n, n_heads, splits, pos0, rows, scratch, out, stream, skip_chunk_rows);
 }
 
 cudaError_t kv_copy_block(const KvView& kv, int32_t src, int32_t dst, int64_t n, cudaStream_t stream) {

@@ -83,6 +83,46 @@ TEST(CudaEngine, BatchedPrefillEqualsStepByStep) {
   EXPECT_EQ(max_abs_diff(s4->decode(kPrompt, true), all), 0.0);
 }
 
+// Prompt rows of the default model (head_dim 64, fp16 cache) take the tensor-core prefill
+// attention: the same bits however the prompt is cut into passes; against the fp32 split kernels
+// (ONEBIT_CUDA_PREFILL_ATTN=0) and against decoding the prompt one token at a time, the logits
+// differ by rounding only.
+TEST(CudaEngine, TensorCorePrefillIsIndependentOfChunkingAndNearTheSplitKernels) {
+  SKIP_WITHOUT_CUDA();
+  auto m = default_model();
+  EngineOptions o = cuda_opts(128);
+  o.kv_dtype = KvDtype::kF16;
+  auto e = Engine::load(*m, o);
+  const int64_t V = e->n_vocab();
+  auto s = e->new_session();
+  const std::vector<float> all = copy(s->decode(kPrompt, true));
+  for (int64_t nb : {4, 5}) {  // passes of 4+4+4+3 and 5+5+5 rows
+    EngineOptions ob = o;
+    ob.n_batch = nb;
+    auto eb = Engine::load(*m, ob);
+    EXPECT_EQ(max_abs_diff(eb->new_session()->decode(kPrompt, true), all), 0.0) << "n_batch " << nb;
+  }
+  setenv("ONEBIT_CUDA_PREFILL_ATTN", "0", 1);
+  s->reset();
+  const std::vector<float> split = copy(s->decode(kPrompt, true));
+  unsetenv("ONEBIT_CUDA_PREFILL_ATTN");
+  const double vs_split = max_abs_diff(split, all);
+  EXPECT_GT(vs_split, 0.0) << "the tensor-core path did not run (same bits as the split kernels)";
+  s->reset();
+  double vs_steps = 0;
+  for (size_t i = 0; i < kPrompt.size(); ++i) {
+    std::span<const float> l = s->decode(std::span(&kPrompt[i], 1));
+    vs_steps = std::max(vs_steps, max_abs_diff(l, std::span(all).subspan(i * V, V)));
+  }
+  // Relative to the logits' range, as the CPU comparison below: a rounding difference can move an
+  // activation's int8 code by one, which shifts later logits by a step (compare_with_cpu).
+  const double range = max_abs(all);
+  std::printf("[tensor-core prefill] max |logit diff| / range %.3g: vs split kernels %.3g, vs step by step %.3g\n",
+              range, vs_split / range, vs_steps / range);
+  EXPECT_LT(vs_split / range, 0.02);
+  EXPECT_LT(vs_steps / range, 0.02);
+}
+
 // Decode steps replayed from a CUDA graph give the same bits as plain launches.
 TEST(CudaEngine, GraphReplayEqualsEagerLaunches) {
   SKIP_WITHOUT_CUDA();

@@ -63,6 +63,34 @@ void check_batching(const Model& m, bool reference) {
   EXPECT_EQ(max_abs_diff(last, std::span(all).subspan((kPrompt.size() - 1) * V, V)), 0.0);
 }
 
+// How inputs are cut into passes: every piece of a multi-token input keeps at least 2 rows where
+// the pass allows it (the backends' multi-row attention then takes every row of a prompt, however
+// it is cut), and every piece fits the pass.
+TEST(Engine, InputPiecesKeepTwoRows) {
+  EXPECT_EQ(input_piece_rows(1, 1), 1);   // a decode step
+  EXPECT_EQ(input_piece_rows(5, 16), 5);  // fits
+  EXPECT_EQ(input_piece_rows(17, 16), 15);  // 16 would leave 1 behind
+  EXPECT_EQ(input_piece_rows(18, 16), 16);
+  EXPECT_EQ(input_piece_rows(3, 2), 0);   // 2 + 1 or 1 + 2: wait for a bigger pass
+  EXPECT_EQ(input_piece_rows(9, 1), 0);
+  EXPECT_EQ(input_piece_rows(9, 0), 0);
+  for (int64_t room = 1; room <= 40; ++room)
+    for (int64_t left = 1; left <= 100; ++left) {
+      const int64_t t = input_piece_rows(left, room);
+      ASSERT_LE(t, room);
+      ASSERT_LE(t, left);
+      if (t > 0 && t < left) {
+        EXPECT_GE(t, 2) << left << " in " << room;
+        EXPECT_GE(left - t, 2) << left << " in " << room;
+      }
+      if (left <= room) {
+        EXPECT_EQ(t, left);
+      } else if (room >= 4) {
+        EXPECT_GT(t, 0) << left << " in " << room;  // an empty pass always progresses
+      }
+    }
+}
+
 TEST(Engine, BatchedPrefillEqualsTokenByToken) {
   auto m = tiny();
   check_batching(*m, false);
