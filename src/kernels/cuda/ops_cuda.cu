@@ -219,17 +219,37 @@ int fused_threads(int64_t dim) {
 
 // ---- W2A8 GEMM on int8 tensor cores ----
 // mma.m16n8k32: A = 16 weight rows x 32 columns as unsigned codes (w + 1), B = 32 columns x 8
-// tokens of signed activations, C = int32. A block is 4 warps x 16 rows (two 8-row groups of the
-// layout each) x kGemmTokens tokens. Per 64-column chunk the block copies, with cp.async and
-// kGemmStages chunks ahead, the tokens' 64 activation bytes (shared by the 4 warps) and each warp's
-// two 128-byte weight tiles into shared memory; the warps then read their fragments from there.
+// tokens of signed activations, C = int32. A block's tile is 4 warps x 16 rows (two 8-row groups
+// of the layout each) x kGemmTokens tokens. Per 64-column chunk a slice of 4 warps copies, with
+// cp.async and kGemmStages chunks ahead, the tokens' 64 activation bytes (shared by its 4 warps)
+// and each warp's two 128-byte weight tiles into shared memory; the warps then read their
+// fragments from there.
+//
+// K slices: a block of S slices (S x 4 warps, chosen at launch: more warps per SM where the grid is
+// small, e.g. the 64 token rows of a batched decode step) splits the chunks of the tile, slice s
+// taking chunks s, s + S, ..., each slice with its own staging buffers and barrier (bar.sync 1 + s);
+// the slices' int32 sums are then added in shared memory. Integer sums are exact, so every S gives
+// the same bits.
 constexpr int kGemmWarps = 4;
 constexpr int kGemmNTiles = 8;  // 8 tokens each
 constexpr int kGemmTokens = 8 * kGemmNTiles;
 constexpr int kGemmStages = 4;
+constexpr int kGemmMaxSlices = 4;
 // Bytes per token row of a staged chunk: 64 + 16 of padding, so that the 4-byte B-fragment reads
 // of a warp (tokens g = 0..7, offsets 4t) fall in 32 different banks.
 constexpr int kGemmBStride = 80;
+
+struct GemmSliceSmem {
+  int8_t sb[kGemmStages][kGemmTokens * kGemmBStride];
+  uint4 sa[kGemmStages][kGemmWarps][2][8];
+};
+// Shared memory of an S-slice block: the staging of each slice; afterwards the partial sums of
+// slices 1.. (kGemmWarps x 32 lanes x 32 values each) reuse it.
+constexpr size_t gemm_smem_bytes(int slices) {
+  const size_t stage = sizeof(GemmSliceSmem) * static_cast<size_t>(slices);
+  const size_t red = static_cast<size_t>(slices - 1) * kGemmWarps * 32 * 4 * kGemmNTiles * sizeof(int);
+  return stage > red ? stage : red;
+}
 
 __device__ __forceinline__ void mma_u8s8(int (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, int b0,
                                          int b1) {
@@ -241,15 +261,18 @@ __device__ __forceinline__ void mma_u8s8(int (&c)[4], unsigned a0, unsigned a1, 
 #endif
 }
 
-__global__ void __launch_bounds__(32 * kGemmWarps)
+template <int S>
+__global__ void __launch_bounds__(32 * kGemmWarps * S)
     gemm_kernel(const uint4* __restrict__ w, const float* __restrict__ row_scale, int rows, int n_groups, int K,
                 const int8_t* __restrict__ q, int64_t stride, const float* __restrict__ scales,
                 const int32_t* __restrict__ sums, int n, float* __restrict__ y) {
   pdl_trigger();
   pdl_wait();
-  __shared__ __align__(16) int8_t sb[kGemmStages][kGemmTokens * kGemmBStride];
-  __shared__ __align__(16) uint4 sa[kGemmStages][kGemmWarps][2][8];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  extern __shared__ __align__(16) uint8_t gemm_smem[];
+  constexpr int kSliceThreads = 32 * kGemmWarps;
+  const int slice = static_cast<int>(threadIdx.x) / kSliceThreads, ltid = static_cast<int>(threadIdx.x) % kSliceThreads;
+  GemmSliceSmem& sm = reinterpret_cast<GemmSliceSmem*>(gemm_smem)[slice];
+  const int lane = ltid & 31, warp = ltid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int ga = (blockIdx.x * kGemmWarps + warp) * 2;
   // A warp past the last group still stages activations and meets the barriers; it stores nothing.
@@ -259,20 +282,29 @@ __global__ void __launch_bounds__(32 * kGemmWarps)
   const int tok0 = blockIdx.y * kGemmTokens;
   const uint4* wa = w + static_cast<size_t>(ga_c) * K * 8;
   const uint4* wb = w + static_cast<size_t>(gb) * K * 8;
-  // Chunk k into buffer `buf`: 64 tokens x 64 bytes (2 x 16 bytes per thread; tokens past n are
-  // zeros) and this warp's two tiles (lanes 0..15). Always one commit group, even when empty.
-  auto stage = [&](int k, int buf) {
-    if (k < K) {
+  const int KS = (K - slice + S - 1) / S;  // this slice's chunks: slice + S * i, i < KS
+  auto slice_sync = [&] {
+    if constexpr (S == 1)
+      __syncthreads();
+    else
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + slice), "n"(kSliceThreads) : "memory");
+  };
+  // The slice's i-th chunk into buffer `buf`: 64 tokens x 64 bytes (2 x 16 bytes per thread;
+  // tokens past n are zeros) and this warp's two tiles (lanes 0..15). Always one commit group,
+  // even when empty.
+  auto stage = [&](int i, int buf) {
+    if (i < KS) {
+      const int k = slice + S * i;
 #pragma unroll
-      for (int e = threadIdx.x; e < kGemmTokens * 4; e += 32 * kGemmWarps) {
+      for (int e = ltid; e < kGemmTokens * 4; e += kSliceThreads) {
         const int r = e >> 2, c = e & 3, tok = tok0 + r;
         const int8_t* src =
             q + static_cast<int64_t>(tok < n ? tok : 0) * stride + static_cast<int64_t>(k) * 64 + c * 16;
-        cp_async16(&sb[buf][r * kGemmBStride + c * 16], src, tok < n ? 16 : 0);
+        cp_async16(&sm.sb[buf][r * kGemmBStride + c * 16], src, tok < n ? 16 : 0);
       }
       if (lane < 16)
-        cp_async16(&sa[buf][warp][lane >> 3][lane & 7], (lane < 8 ? wa : wb) + static_cast<size_t>(k) * 8 + (lane & 7),
-                   16);
+        cp_async16(&sm.sa[buf][warp][lane >> 3][lane & 7],
+                   (lane < 8 ? wa : wb) + static_cast<size_t>(k) * 8 + (lane & 7), 16);
     }
     cp_async_commit();
   };
@@ -282,13 +314,13 @@ __global__ void __launch_bounds__(32 * kGemmWarps)
 #pragma unroll
   for (int st = 0; st < kGemmStages - 1; ++st) stage(st, st);
   const unsigned shift = 2u * static_cast<unsigned>(t);
-  for (int k = 0; k < K; ++k) {
-    cp_async_wait<kGemmStages - 2>();  // chunk k has landed (this thread's copies) ...
-    __syncthreads();                   // ... and every thread's; buffer (k - 1) % S is free again
-    stage(k + kGemmStages - 1, (k + kGemmStages - 1) % kGemmStages);
+  for (int i = 0; i < KS; ++i) {
+    cp_async_wait<kGemmStages - 2>();  // chunk i has landed (this thread's copies) ...
+    slice_sync();                      // ... and every thread's of the slice; buffer (i - 1) % stages is free
+    stage(i + kGemmStages - 1, (i + kGemmStages - 1) % kGemmStages);
     if (!active) continue;
-    const int buf = k % kGemmStages;
-    const uint4 va = sa[buf][warp][0][g], vb = sa[buf][warp][1][g];
+    const int buf = i % kGemmStages;
+    const uint4 va = sm.sa[buf][warp][0][g], vb = sm.sa[buf][warp][1][g];
 #pragma unroll
     for (int ks = 0; ks < 2; ++ks) {
       const unsigned wa0 = ks == 0 ? va.x : va.z, wa1 = ks == 0 ? va.y : va.w;
@@ -299,7 +331,7 @@ __global__ void __launch_bounds__(32 * kGemmWarps)
       const unsigned a3 = (wb1 >> shift) & 0x03030303u;  // row g+8
 #pragma unroll
       for (int j = 0; j < kGemmNTiles; ++j) {
-        const int8_t* br = &sb[buf][(8 * j + g) * kGemmBStride + ks * 32 + 4 * t];
+        const int8_t* br = &sm.sb[buf][(8 * j + g) * kGemmBStride + ks * 32 + 4 * t];
         const int b0 = *reinterpret_cast<const int*>(br);
         const int b1 = *reinterpret_cast<const int*>(br + 16);
         mma_u8s8(acc[j], a0, a1, a2, a3, b0, b1);
@@ -307,6 +339,29 @@ __global__ void __launch_bounds__(32 * kGemmWarps)
     }
   }
   cp_async_wait<0>();
+  if constexpr (S > 1) {
+    // Slices 1.. hand their sums to slice 0 (value-major: a warp's 32 lanes write 32 consecutive ints).
+    __syncthreads();  // every slice is done with its staging buffers
+    int* red = reinterpret_cast<int*>(gemm_smem);
+    constexpr int kVals = 4 * kGemmNTiles;
+    if (slice > 0) {
+      int* mine = red + ((slice - 1) * kGemmWarps + warp) * 32 * kVals;
+#pragma unroll
+      for (int j = 0; j < kGemmNTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) mine[(j * 4 + e) * 32 + lane] = acc[j][e];
+    }
+    __syncthreads();
+    if (slice > 0) return;
+#pragma unroll
+    for (int sl = 1; sl < S; ++sl) {
+      const int* theirs = red + ((sl - 1) * kGemmWarps + warp) * 32 * kVals;
+#pragma unroll
+      for (int j = 0; j < kGemmNTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[j][e] += theirs[(j * 4 + e) * 32 + lane];
+    }
+  }
   if (!active) return;
   const int r0 = ga * 8 + g, r1 = gb * 8 + g;
   const bool ok0 = r0 < rows, ok1 = gb != ga && r1 < rows;
@@ -1358,6 +1413,33 @@ cudaError_t rope_kv_store_rows(float* q, float* k, const float* v, int64_t n, in
   return cudaSuccess;
 }
 
+namespace {
+// K slices per GEMM block (gemm_kernel): enough blocks x warps to fill the SMs, each slice still
+// with at least 4 chunks. ONEBIT_CUDA_GEMM_SLICES=1|2|4 fixes it (read once). The kernels' shared
+// memory opt-in (over 48 KB with 4 slices) is made once.
+int gemm_slices(int64_t blocks, int K) {
+  static const int forced = [] {
+    const char* e = std::getenv("ONEBIT_CUDA_GEMM_SLICES");
+    const int v = e != nullptr ? std::atoi(e) : 0;
+    return v == 1 || v == 2 || v == 4 ? v : 0;
+  }();
+  static const bool opted_in = [] {
+    return cudaFuncSetAttribute(gemm_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(gemm_smem_bytes(4))) == cudaSuccess &&
+           cudaFuncSetAttribute(gemm_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(gemm_smem_bytes(2))) == cudaSuccess;
+  }();
+  int s = forced;
+  if (s == 0) {
+    const int64_t sms = sm_count();
+    s = blocks < sms ? 4 : (blocks < 3 * sms ? 2 : 1);
+  }
+  while (s > 1 && K < 4 * s) s /= 2;
+  if (!opted_in) s = 1;
+  return s;
+}
+}  // namespace
+
 cudaError_t ternary_gemm(const uint8_t* w, const float* row_scale, int64_t rows, int64_t cols, QuantActs q,
                          int64_t n, float* y, cudaStream_t stream) {
   if (rows <= 0 || cols <= 0 || cols >= kMaxCols || n <= 0 || n > (int64_t{1} << 30) ||
@@ -1366,10 +1448,16 @@ cudaError_t ternary_gemm(const uint8_t* w, const float* row_scale, int64_t rows,
   const int groups = static_cast<int>(cuda_padded_rows(rows) / kRowsPerGroup);
   const dim3 grid(static_cast<unsigned>((groups + 2 * kGemmWarps - 1) / (2 * kGemmWarps)),
                   static_cast<unsigned>((n + kGemmTokens - 1) / kGemmTokens));
-  TRY_LAUNCH(gemm_kernel, grid, dim3(32 * kGemmWarps), stream, reinterpret_cast<const uint4*>(w), row_scale,
-             static_cast<int>(rows), groups, static_cast<int>(cuda_chunks(cols)), q.codes, q.stride, q.scales, q.sums,
-             static_cast<int>(n), y);
-  return cudaGetLastError();
+  const int K = static_cast<int>(cuda_chunks(cols));
+  const int slices = gemm_slices(static_cast<int64_t>(grid.x) * grid.y, K);
+  auto go = [&](auto kernel, int s) -> cudaError_t {
+    return launch_smem(kernel, grid, dim3(32 * kGemmWarps * s), gemm_smem_bytes(s), stream,
+                       reinterpret_cast<const uint4*>(w), row_scale, static_cast<int>(rows), groups, K, q.codes,
+                       q.stride, q.scales, q.sums, static_cast<int>(n), y);
+  };
+  if (slices == 4) return go(gemm_kernel<4>, 4);
+  if (slices == 2) return go(gemm_kernel<2>, 2);
+  return go(gemm_kernel<1>, 1);
 }
 
 cudaError_t rope_rows(float* x, int64_t n, int64_t n_heads, int64_t head_dim, const float* cos_t, const float* sin_t,
