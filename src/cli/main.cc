@@ -23,7 +23,7 @@ void add_kv_flag(CLI::App& app, std::string& kv) {
   for (KvDtype t : kAllKvDtypes) names.emplace_back(kv_dtype_name(t));
   app.add_option("--kv", kv,
                  "KV cache type: f32, f16, q8 (int8, one scale per position and head) or q4r (Hadamard-rotated "
-                 "4-bit, a scale per 32 values); q8 and q4r on the CPU only")
+                 "4-bit, a scale per 32 values); every type on both devices")
       ->check(CLI::IsMember(names))
       ->capture_default_str();
 }

@@ -196,7 +196,7 @@ class Backend {
   // gives each sequence its own contiguous cache (one block of n_ctx positions) and never shares.
   virtual bool supports_paged_kv() const { return false; }
   // Whether kv_store / attention handle a cache of this dtype. Engine::load refuses the others with
-  // an Error. Default: f32 and f16 (the CPU backend also does q8 and q4r).
+  // an Error. Default: f32 and f16 (the CPU and CUDA backends also do q8 and q4r).
   virtual bool supports_kv_dtype(KvDtype t) const { return t == KvDtype::kF32 || t == KvDtype::kF16; }
   // Drops the recordings of `owner` (a GraphState being destroyed).
   virtual void forget(const void* /*owner*/) {}

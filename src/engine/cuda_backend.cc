@@ -110,6 +110,9 @@ class CudaBackend final : public Backend {
   // Paged: the pool is device memory; each sequence's block table is copied to a device buffer of
   // its own before every pass (begin_forward_multi), so recorded graphs read the current one.
   bool supports_paged_kv() const override { return true; }
+  // Every type: q8 and q4r rows are quantized on the device with kv_quant.h's arithmetic, bit for
+  // bit, and attention reads them in place (docs/kernels-cuda.md, "Quantized KV caches").
+  bool supports_kv_dtype(KvDtype) const override { return true; }
   void kv_copy_block(const KvCacheView& kv, int32_t src, int32_t dst, int64_t n) override {
     check(cuda::kv_copy_block(view(kv), src, dst, n, stream_), "kv_copy_block");
   }
@@ -632,7 +635,13 @@ class CudaBackend final : public Backend {
   cuda::KvView view(const KvCacheView& kv) const {
     cuda::KvView v;
     v.data = kv.data;
-    v.f16 = kv.dtype == KvDtype::kF16;
+    switch (kv.dtype) {
+      case KvDtype::kF32: v.type = cuda::KvType::kF32; break;
+      case KvDtype::kF16: v.type = cuda::KvType::kF16; break;
+      case KvDtype::kQ8: v.type = cuda::KvType::kQ8; break;
+      case KvDtype::kQ4R: v.type = cuda::KvType::kQ4R; break;
+    }
+    v.row_bytes = static_cast<int64_t>(kv.row_bytes());
     v.n_layers = kv.n_layers;
     v.n_kv_heads = kv.n_kv_heads;
     v.n_ctx = kv.n_ctx;

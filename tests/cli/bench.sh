@@ -41,15 +41,20 @@ assert j["kv"] == sys.argv[2] and j["kv_bytes_per_position"] == int(sys.argv[3])
 assert j["tg"]["tokens_per_s"] > 0 and j["depth"] == 40, j
 PY
 done
-# A backend without q8 refuses it at load with a message (never a crash); without a GPU the error is
-# the missing device.
-set +e
-"$BIN" bench -m "$W/tiny.h1b" -p 16 -n 4 -r 1 --no-membw --device cuda --kv q8 > /dev/null 2> "$W/err.txt"
-rc=$?
-set -e
-if [ "$rc" -ne 1 ] || ! grep -qE "no CUDA device|has no CUDA backend|has no q8 KV cache" "$W/err.txt"; then
-  echo "bench --device cuda --kv q8: expected exit 1 with a clear error, got $rc:"; cat "$W/err.txt"; exit 1
-fi
+# The quantized caches on the GPU: with a usable GPU they run and report their bytes per position;
+# otherwise exit 1 with the missing device (never a crash).
+for kv in q8 q4r; do
+  set +e
+  "$BIN" bench -m "$W/tiny.h1b" -p 16 -n 4 -r 1 --no-membw --device cuda --kv "$kv" > "$W/cudakv.txt" 2> "$W/err.txt"
+  rc=$?
+  set -e
+  if [ "$rc" -eq 0 ]; then
+    grep -q "^tg4 " "$W/cudakv.txt" && grep -q "kv cache     $kv, " "$W/cudakv.txt" ||
+      { echo "bench --device cuda --kv $kv ran but printed:"; cat "$W/cudakv.txt"; exit 1; }
+  elif [ "$rc" -ne 1 ] || ! grep -qE "no CUDA device|has no CUDA backend" "$W/err.txt"; then
+    echo "bench --device cuda --kv $kv: expected success or exit 1 with a clear error, got $rc:"; cat "$W/err.txt"; exit 1
+  fi
+done
 
 set +e
 "$BIN" bench -m "$W/tiny.h1b" -p 16 -n 4 -r 1 --no-membw --device cuda > "$W/cuda.txt" 2> "$W/err.txt"

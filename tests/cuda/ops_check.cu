@@ -4,7 +4,10 @@
 //  - int8_gemv, embed_rows, relu2_mul, add_inplace, kv_store_rows, argmax: exact;
 //  - rmsnorm_rows, rmsnorm_quantize_rows, rope_rows, dense_gemv, attention_rows: within fp32
 //    rounding of a double-precision host reference (tolerances below, each justified);
-//  - attention_decode (fused RoPE + KV store + attention + merge) vs the unfused launches: bit for bit.
+//  - attention_decode (fused RoPE + KV store + attention + merge) vs the unfused launches, a
+//    multi-sequence pass vs each row alone, a paged cache vs the contiguous one: bit for bit, for
+//    every cache type (f32, f16, q8, q4r; kv_quant_check.cu checks the quantized rows and attention
+//    over them against the CPU quantizer and a double-precision reference).
 // Exit 0 = all pass, 1 = a mismatch or a CUDA error. Without a CUDA device: "SKIPPED: ..." and 0.
 #include <algorithm>
 #include <cmath>
@@ -27,15 +30,65 @@ using namespace onebit::cuda;
 
 namespace {
 
-// A KV cache's shape (data set by the caller): layers, kv heads, positions, head size, dtype.
-KvView kv_shape(int64_t layers, int64_t n_kv, int64_t n_ctx, int64_t D, bool f16) {
+// A KV cache's shape (data set by the caller): layers, kv heads, positions, head size, type.
+KvView kv_shape(int64_t layers, int64_t n_kv, int64_t n_ctx, int64_t D, KvType t) {
   KvView kv;
-  kv.f16 = f16;
+  kv.type = t;
+  kv.row_bytes = kv_type_row_bytes(t, D);
   kv.n_layers = layers;
   kv.n_kv_heads = n_kv;
   kv.n_ctx = n_ctx;
   kv.head_dim = D;
   return kv;
+}
+KvView kv_shape(int64_t layers, int64_t n_kv, int64_t n_ctx, int64_t D, bool f16) {
+  return kv_shape(layers, n_kv, n_ctx, D, f16 ? KvType::kF16 : KvType::kF32);
+}
+
+const char* type_name(KvType t) {
+  switch (t) {
+    case KvType::kF32: return " f32";
+    case KvType::kF16: return " f16";
+    case KvType::kQ8: return " q8";
+    case KvType::kQ4R: return " q4r";
+  }
+  return " ?";
+}
+
+// `rows` valid random cache rows of type t (f32 / f16: N(0, 1) values; q8: codes in [-127, 127]
+// and a positive scale; q4r: codes in [-7, 7] (nibbles 1..15) and positive group scales), for the
+// checks that compare two paths over the same bytes. kv_quant_check.cu checks the quantizer.
+std::vector<uint8_t> random_rows(KvType t, int64_t D, size_t rows) {
+  const size_t rb = static_cast<size_t>(kv_type_row_bytes(t, D));
+  std::vector<uint8_t> out(rows * rb, 0);
+  std::uniform_real_distribution<float> scale(0.002f, 0.05f);
+  for (size_t r = 0; r < rows; ++r) {
+    uint8_t* row = &out[r * rb];
+    if (t == KvType::kF32 || t == KvType::kF16) {
+      const std::vector<float> f = randn(static_cast<size_t>(D));
+      for (int64_t d = 0; d < D; ++d) {
+        if (t == KvType::kF32) {
+          std::memcpy(row + 4 * d, &f[static_cast<size_t>(d)], 4);
+        } else {
+          const __half h = __float2half_rn(f[static_cast<size_t>(d)]);
+          std::memcpy(row + 2 * d, &h, 2);
+        }
+      }
+    } else if (t == KvType::kQ8) {
+      std::uniform_int_distribution<int> code(-127, 127);
+      for (int64_t d = 0; d < D; ++d) row[d] = static_cast<uint8_t>(static_cast<int8_t>(code(rng)));
+      const float s = scale(rng);
+      std::memcpy(row + (D + 3) / 4 * 4, &s, 4);
+    } else {
+      std::uniform_int_distribution<int> nib(1, 15);
+      for (int64_t b = 0; b < D / 2; ++b) row[b] = static_cast<uint8_t>(nib(rng) | (nib(rng) << 4));
+      for (int64_t g = 0; g < D / std::min<int64_t>(32, D); ++g) {
+        const float s = 18.0f * scale(rng);
+        std::memcpy(row + D / 2 + 4 * g, &s, 4);
+      }
+    }
+  }
+  return out;
 }
 
 // Host quantization (the documented formula).
@@ -531,9 +584,9 @@ void check_gemv_multi() {
   cudaFree(dsum);
 }
 
-void check_rope_kv(int64_t H, int64_t Hkv, int64_t D, int64_t n, bool f16) {
-  const KvView kv = kv_shape(2, Hkv, 64, D, f16);
-  const size_t elems = static_cast<size_t>(2 * 2 * Hkv * 64 * D) * (f16 ? 2 : 4);
+void check_rope_kv(int64_t H, int64_t Hkv, int64_t D, int64_t n, KvType t) {
+  const KvView kv = kv_shape(2, Hkv, 64, D, t);
+  const size_t elems = static_cast<size_t>(2 * 2 * Hkv * 64 * kv.row_bytes);
   void* kv1 = dev_poison<uint8_t>(elems);
   void* kv2 = dev_poison<uint8_t>(elems);
   const std::vector<float> q = randn(static_cast<size_t>(n * H * D)), k = randn(static_cast<size_t>(n * Hkv * D)),
@@ -550,33 +603,25 @@ void check_rope_kv(int64_t H, int64_t Hkv, int64_t D, int64_t n, bool f16) {
   CK(kv_store_rows(b, 1, k2, dv, n, pos, nullptr));
   expect(host(q1, q.size()) == host(q2, q.size()) && host(k1, k.size()) == host(k2, k.size()) &&
              host(static_cast<uint8_t*>(kv1), elems) == host(static_cast<uint8_t*>(kv2), elems),
-         "rope_kv_store D " + std::to_string(D) + (f16 ? " f16" : " f32"));
+         "rope_kv_store D " + std::to_string(D) + type_name(t));
   free_all(kv1, kv2, q1, q2, k1, k2, dv, dc, ds, pos);
 }
 
 // attention_decode (RoPE, KV store and attention in one kernel, then the merge) against
 // rope_kv_store_rows + attention_rows on the same inputs: output, cache and (unrotated) q and k,
 // bit for bit.
-void check_attention_decode(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t pos, bool f16) {
-  const KvView kv = kv_shape(2, Hkv, n_ctx, D, f16);
+void check_attention_decode(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t pos, KvType t) {
+  const KvView kv = kv_shape(2, Hkv, n_ctx, D, t);
   const std::string what = "attention_decode H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) + " D=" +
                            std::to_string(D) + " ctx=" + std::to_string(n_ctx) + " pos=" + std::to_string(pos) +
-                           (f16 ? " f16" : " f32");
+                           type_name(t);
   if (!attention_decode_fusable(kv, H)) {
     expect(false, what + ": not fusable");
     return;
   }
-  const size_t elems = static_cast<size_t>(2 * 2 * Hkv * n_ctx * D);
-  std::vector<float> cache = randn(elems);
-  std::vector<uint16_t> cache16(elems);
-  for (size_t i = 0; i < elems; ++i) {
-    const __half h = __float2half_rn(cache[i]);
-    std::memcpy(&cache16[i], &h, 2);
-  }
-  auto fresh_cache = [&]() -> void* {
-    return f16 ? static_cast<void*>(dev(cache16)) : static_cast<void*>(dev(cache));
-  };
-  const size_t bytes = elems * (f16 ? 2 : 4);
+  const std::vector<uint8_t> cache = random_rows(t, D, static_cast<size_t>(2 * 2 * Hkv * n_ctx));
+  auto fresh_cache = [&]() -> void* { return dev(cache); };
+  const size_t bytes = cache.size();
   const std::vector<float> q = randn(static_cast<size_t>(H * D)), k = randn(static_cast<size_t>(Hkv * D)),
                            v = randn(static_cast<size_t>(Hkv * D));
   std::vector<float> ct(static_cast<size_t>(n_ctx * D / 2)), st(ct.size());
@@ -615,32 +660,23 @@ void check_attention_decode(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, in
 // row), each sequence its own cache and positions (RowSeq; one_split on the rows of a sequence
 // with several), through attention_decode (one row each only) and through rope_kv_store_rows +
 // attention_rows, against each sequence run alone: outputs and caches bit for bit. Several rows of
-// a sequence go to the tensor-core prefill kernel alone and in the pass, the single rows to the
-// split kernels.
-void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t S, bool f16,
+// a sequence go to the tensor-core prefill kernel (fp16 caches) alone and in the pass, the single
+// rows to the split kernels.
+void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t S, KvType t,
                            std::vector<int64_t> counts = {}) {
   if (counts.empty()) counts.assign(static_cast<size_t>(S), 1);
   S = static_cast<int64_t>(counts.size());
   int64_t N = 0;
   for (int64_t c : counts) N += c;
-  const KvView kv = kv_shape(2, Hkv, n_ctx, D, f16);
+  const KvView kv = kv_shape(2, Hkv, n_ctx, D, t);
   const std::string what = "multi-sequence attention S=" + std::to_string(S) + " rows=" + std::to_string(N) +
-                           " D=" + std::to_string(D) + " ctx=" + std::to_string(n_ctx) + (f16 ? " f16" : " f32");
-  const size_t elems = static_cast<size_t>(2 * 2 * Hkv * n_ctx * D), bytes = elems * (f16 ? 2 : 4);
+                           " D=" + std::to_string(D) + " ctx=" + std::to_string(n_ctx) + type_name(t);
+  const size_t rows_per_cache = static_cast<size_t>(2 * 2 * Hkv * n_ctx);
+  const size_t bytes = rows_per_cache * static_cast<size_t>(kv.row_bytes);
   std::vector<std::vector<uint8_t>> caches;
   std::vector<int32_t> pos;  // each sequence's first position
   for (int64_t i = 0; i < S; ++i) {
-    const std::vector<float> f = randn(elems);
-    std::vector<uint8_t> c(bytes);
-    for (size_t e = 0; e < elems; ++e) {
-      if (f16) {
-        const __half h = __float2half_rn(f[e]);
-        std::memcpy(&c[e * 2], &h, 2);
-      } else {
-        std::memcpy(&c[e * 4], &f[e], 4);
-      }
-    }
-    caches.push_back(std::move(c));
+    caches.push_back(random_rows(t, D, rows_per_cache));
     const int64_t last = n_ctx - counts[static_cast<size_t>(i)];
     pos.push_back(static_cast<int32_t>(std::uniform_int_distribution<int64_t>(0, last)(rng)));
   }
@@ -721,24 +757,13 @@ void check_attention_multi(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int
 // for a decode row (attention_decode) and for prefill rows (rope_kv_store_rows + attention_rows),
 // and the new rows land in the right slots; kv_copy_block copies the first n rows of a block.
 void check_attention_paged(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int64_t bs, int64_t pos, int64_t n,
-                           bool f16) {
+                           KvType t) {
   const int64_t L = 2, nb_seq = (n_ctx + bs - 1) / bs, nb = nb_seq + 3;
-  const std::string what = "paged attention bs=" + std::to_string(bs) + " pos=" + std::to_string(pos) + " n=" +
-                           std::to_string(n) + (f16 ? " f16" : " f32");
-  const size_t es = f16 ? 2 : 4, row = static_cast<size_t>(D) * es;
+  const std::string what = "paged attention D=" + std::to_string(D) + " bs=" + std::to_string(bs) + " pos=" +
+                           std::to_string(pos) + " n=" + std::to_string(n) + type_name(t);
+  const size_t row = static_cast<size_t>(kv_type_row_bytes(t, D));
   // Contiguous cache bytes, random.
-  std::vector<uint8_t> flat(static_cast<size_t>(2 * L * Hkv * n_ctx) * row);
-  {
-    const std::vector<float> f = randn(flat.size() / es);
-    for (size_t e = 0; e < f.size(); ++e) {
-      if (f16) {
-        const __half h = __float2half_rn(f[e]);
-        std::memcpy(&flat[e * 2], &h, 2);
-      } else {
-        std::memcpy(&flat[e * 4], &f[e], 4);
-      }
-    }
-  }
+  const std::vector<uint8_t> flat = random_rows(t, D, static_cast<size_t>(2 * L * Hkv * n_ctx));
   std::vector<int32_t> table(static_cast<size_t>(nb_seq));
   std::vector<int32_t> perm(static_cast<size_t>(nb));
   for (int32_t i = 0; i < nb; ++i) perm[static_cast<size_t>(i)] = i;
@@ -755,7 +780,7 @@ void check_attention_paged(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int
       for (int64_t h = 0; h < Hkv; ++h)
         for (int64_t p = 0; p < n_ctx; ++p)
           std::memcpy(&pool[pool_at(w, l, h, p)], &flat[flat_at(w, l, h, p)], row);
-  KvView a = kv_shape(L, Hkv, n_ctx, D, f16), b = a;
+  KvView a = kv_shape(L, Hkv, n_ctx, D, t), b = a;
   a.data = dev(flat);
   b.data = dev(pool);
   b.block_size = bs;
@@ -869,26 +894,28 @@ int main() {
   check_small_ops();
   for (int64_t dim : {64, 512, 1280, 2560, 6912, 8192}) check_fused(5, dim);
   check_gemv_multi();
-  for (bool f16 : {false, true}) {
-    check_rope_kv(20, 5, 128, 9, f16);
-    check_rope_kv(4, 2, 16, 3, f16);
+  // Every cache type: the paths compared with each other (kv_quant_check.cu checks the q8 / q4r
+  // rows against the CPU quantizer and attention over them against a double-precision reference).
+  for (KvType t : {KvType::kF32, KvType::kF16, KvType::kQ8, KvType::kQ4R}) {
+    check_rope_kv(20, 5, 128, 9, t);
+    check_rope_kv(4, 2, 16, 3, t);
   }
-  for (bool f16 : {false, true}) {
+  for (KvType t : {KvType::kF32, KvType::kF16, KvType::kQ8, KvType::kQ4R}) {
     // 2B-4T (20/5 x 128) and the default model (8/2 x 64): one split, a few, all 32, last position.
-    for (int64_t pos : {0, 5, 31, 32, 100, 1000, 2047, 4095}) check_attention_decode(20, 5, 128, 4096, pos, f16);
-    for (int64_t pos : {0, 63, 64, 200, 511}) check_attention_decode(8, 2, 64, 512, pos, f16);
-    check_attention_decode(8, 2, 64, 64, 40, f16);
-    check_attention_multi(20, 5, 128, 1024, 7, f16);
-    check_attention_multi(8, 2, 64, 512, 33, f16);
-    check_attention_multi(8, 2, 64, 64, 3, f16);
+    for (int64_t pos : {0, 5, 31, 32, 100, 1000, 2047, 4095}) check_attention_decode(20, 5, 128, 4096, pos, t);
+    for (int64_t pos : {0, 63, 64, 200, 511}) check_attention_decode(8, 2, 64, 512, pos, t);
+    check_attention_decode(8, 2, 64, 64, 40, t);
+    check_attention_multi(20, 5, 128, 1024, 7, t);
+    check_attention_multi(8, 2, 64, 512, 33, t);
+    check_attention_multi(8, 2, 64, 64, 3, t);
     // Prompt chunks beside decode rows: each sequence's rows get what they get alone.
-    check_attention_multi(20, 5, 128, 1024, 0, f16, {5, 1, 70, 1, 17, 2});
-    check_attention_multi(8, 2, 64, 512, 0, f16, {1, 33, 1, 1, 130});
-    check_attention_multi(16, 2, 64, 256, 0, f16, {9, 7, 1});
-    for (int64_t pos : {0, 15, 16, 100, 1000}) check_attention_paged(20, 5, 128, 1024, 16, pos, 1, f16);
-    check_attention_paged(8, 2, 64, 512, 16, 33, 40, f16);
-    check_attention_paged(8, 2, 64, 512, 5, 200, 1, f16);
-    check_attention_paged(4, 2, 16, 64, 7, 10, 5, f16);  // the generic kernel (head size 16)
+    check_attention_multi(20, 5, 128, 1024, 0, t, {5, 1, 70, 1, 17, 2});
+    check_attention_multi(8, 2, 64, 512, 0, t, {1, 33, 1, 1, 130});
+    check_attention_multi(16, 2, 64, 256, 0, t, {9, 7, 1});
+    for (int64_t pos : {0, 15, 16, 100, 1000}) check_attention_paged(20, 5, 128, 1024, 16, pos, 1, t);
+    check_attention_paged(8, 2, 64, 512, 16, 33, 40, t);
+    check_attention_paged(8, 2, 64, 512, 5, 200, 1, t);
+    check_attention_paged(4, 2, 16, 64, 7, 10, 5, t);  // the generic kernel (head size 16)
   }
   if (failures != 0) {
     std::printf("ops_check: %d FAILED\n", failures);

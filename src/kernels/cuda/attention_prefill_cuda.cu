@@ -301,7 +301,7 @@ cudaError_t launch_prefill(const KvView& kv, int64_t layer, const float* q, int6
 }  // namespace
 
 bool attention_prefill_supported(const KvView& kv, int64_t n_heads) {
-  if (!kv.f16 || kv.n_kv_heads <= 0 || n_heads <= 0 || n_heads % kv.n_kv_heads != 0) return false;
+  if (kv.type != KvType::kF16 || kv.n_kv_heads <= 0 || n_heads <= 0 || n_heads % kv.n_kv_heads != 0) return false;
   const int64_t G = n_heads / kv.n_kv_heads;
   return (kv.head_dim == 64 || kv.head_dim == 128) && (G == 1 || G == 2 || G == 4 || G == 8);
 }

@@ -20,7 +20,7 @@
 
 namespace onebit::cuda {
 
-// Whether attention_prefill handles this cache and shape: fp16 cache, head_dim 64 or 128,
+// Whether attention_prefill handles this cache and shape: fp16 cache (KvType::kF16), head_dim 64 or 128,
 // n_heads / n_kv_heads in {1, 2, 4, 8}.
 bool attention_prefill_supported(const KvView& kv, int64_t n_heads);
 

@@ -18,12 +18,12 @@ __device__ __forceinline__ int row_pos(const RowSeq* rows, const int32_t* pos0, 
   return rows != nullptr ? rows[i].pos : *pos0 + i;
 }
 
-// Element offset of (K or V, layer, kv head, position) in a (paged) cache: position p lives in slot
+// Row index of (K or V, layer, kv head, position) in a (paged) cache: position p lives in slot
 // p % bs of pool block table[p / bs] (the identity without a table; one block of n_ctx positions
-// when block_size is 0, which is the contiguous layout).
+// when block_size is 0, which is the contiguous layout). The row starts at byte row * row_bytes.
 // (Called per key inside the attention loops: a power-of-two block size, the default 16, takes a
 // shift and a mask instead of a division.)
-__device__ __forceinline__ size_t kv_off(const KvView& kv, int which, int64_t layer, int64_t head, int64_t pos) {
+__device__ __forceinline__ size_t kv_row_index(const KvView& kv, int which, int64_t layer, int64_t head, int64_t pos) {
   const int bs = static_cast<int>(kv.block_size > 0 ? kv.block_size : kv.n_ctx);
   const int p = static_cast<int>(pos);
   int lb, slot;
@@ -35,8 +35,15 @@ __device__ __forceinline__ size_t kv_off(const KvView& kv, int which, int64_t la
     slot = p - lb * bs;
   }
   const int64_t blk = kv.table != nullptr ? kv.table[lb] : lb;
-  return static_cast<size_t>(
-      ((((which * kv.n_layers + layer) * kv.n_blocks + blk) * kv.n_kv_heads + head) * bs + slot) * kv.head_dim);
+  return static_cast<size_t>((((which * kv.n_layers + layer) * kv.n_blocks + blk) * kv.n_kv_heads + head) * bs + slot);
+}
+// Element offset of that row's first value (f32 and f16 caches).
+__device__ __forceinline__ size_t kv_off(const KvView& kv, int which, int64_t layer, int64_t head, int64_t pos) {
+  return kv_row_index(kv, which, layer, head, pos) * static_cast<size_t>(kv.head_dim);
+}
+// The row's bytes (any type).
+__device__ __forceinline__ uint8_t* kv_row_ptr(const KvView& kv, int which, int64_t layer, int64_t head, int64_t pos) {
+  return static_cast<uint8_t*>(kv.data) + kv_row_index(kv, which, layer, head, pos) * static_cast<size_t>(kv.row_bytes);
 }
 
 }  // namespace onebit::cuda

@@ -405,6 +405,129 @@ __global__ void rope_kernel(float* __restrict__ x, int n_heads, int head_dim, co
   }
 }
 
+__device__ __forceinline__ bool kv_quantized(KvType t) { return t == KvType::kQ8 || t == KvType::kQ4R; }
+
+// 1 / sqrt(D) rounded once to fp32, as the CPU's hadamard (kernels/cpu/cpu_kernels.cc) makes it.
+__device__ __forceinline__ float hadamard_scale(int D) {
+  return static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
+}
+
+// ---- quantized KV rows (kv_quant.h) ----
+// One warp quantizes one row of D <= 256 values: x[k] holds value 32 k + lane (0 beyond D). The
+// arithmetic is quantize_kv_row's: for q4r first the fast Walsh-Hadamard transform, stage by
+// stage h = 1, 2, 4, ... over the pairs (j, j + h) -> (a + b, a - b) in fp32 (stages h < 32 across
+// lanes, the others across registers), then one multiplication by hadamard_scale(D); then per
+// group (q8: the row; q4r: min(32, D) values) amax = max |x|, d = amax / levels (IEEE division),
+// codes clamp(rint(x / d), -levels, levels) (half to even); a group with an inf or NaN gets d = NaN
+// and codes 0, an all-zero one (or d underflowing to 0) d = 0 and codes 0. The bytes go to `dst`
+// and, unless nullptr, to `dst2` (a shared-memory copy of the row).
+constexpr int kQuantRegs = 8;
+__device__ __forceinline__ float quant_group_scale(float amax, int bad, float levels) {
+  if (bad) return __int_as_float(0x7fc00000);  // quiet NaN
+  const float d = __fdiv_rn(amax, levels);
+  return d > 0.0f ? d : 0.0f;
+}
+__device__ __forceinline__ int quant_code(float x, float d, float levels) {
+  if (!(d > 0.0f)) return 0;  // also NaN
+  return static_cast<int>(fminf(fmaxf(rintf(__fdiv_rn(x, d)), -levels), levels));
+}
+__device__ void quantize_row_warp(KvType t, float (&x)[kQuantRegs], int D, uint8_t* dst, uint8_t* dst2) {
+  const unsigned full = 0xffffffffu;
+  const int lane = threadIdx.x & 31;
+  if (t == KvType::kQ8) {
+    float amax = 0.0f;
+    int bad = 0;
+#pragma unroll
+    for (int k = 0; k < kQuantRegs; ++k) {
+      if (32 * k + lane < D) {
+        bad |= !isfinite(x[k]);
+        amax = fmaxf(amax, fabsf(x[k]));
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      amax = fmaxf(amax, __shfl_xor_sync(full, amax, o));
+      bad |= __shfl_xor_sync(full, bad, o);
+    }
+    const float d = quant_group_scale(amax, bad, 127.0f);
+    const int pad = (D + 3) / 4 * 4;
+#pragma unroll
+    for (int k = 0; k < kQuantRegs; ++k) {
+      const int e = 32 * k + lane;
+      if (e < pad) {
+        const uint8_t b = e < D ? static_cast<uint8_t>(static_cast<int8_t>(quant_code(x[k], d, 127.0f))) : 0;
+        dst[e] = b;
+        if (dst2 != nullptr) dst2[e] = b;
+      }
+    }
+    if (lane == 0) {
+      *reinterpret_cast<float*>(dst + pad) = d;
+      if (dst2 != nullptr) *reinterpret_cast<float*>(dst2 + pad) = d;
+    }
+    return;
+  }
+  // q4r: rotate.
+#pragma unroll
+  for (int h = 1; h < 32; h *= 2) {
+    if (h >= D) break;
+#pragma unroll
+    for (int k = 0; k < kQuantRegs; ++k) {
+      const float o = __shfl_xor_sync(full, x[k], h);
+      x[k] = (lane & h) != 0 ? __fsub_rn(o, x[k]) : __fadd_rn(x[k], o);
+    }
+  }
+#pragma unroll
+  for (int hh = 1; hh < kQuantRegs; hh *= 2) {
+    if (32 * hh >= D) break;
+#pragma unroll
+    for (int k = 0; k < kQuantRegs; ++k)
+      if ((k & hh) == 0 && k + hh < kQuantRegs) {
+        const float a = x[k], b = x[k + hh];
+        x[k] = __fadd_rn(a, b);
+        x[k + hh] = __fsub_rn(a, b);
+      }
+  }
+  const float hs = hadamard_scale(D);
+#pragma unroll
+  for (int k = 0; k < kQuantRegs; ++k) x[k] = __fmul_rn(x[k], hs);
+  // Groups of G = min(32, D) values: register k across the lanes (G = 16: each half warp).
+  const int G = D < 32 ? D : 32;
+#pragma unroll
+  for (int k = 0; k < kQuantRegs; ++k) {
+    if (32 * k >= D) break;
+    float amax = fabsf(x[k]);
+    int bad = !isfinite(x[k]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      if (o < G) {
+        amax = fmaxf(amax, __shfl_xor_sync(full, amax, o));
+        bad |= __shfl_xor_sync(full, bad, o);
+      }
+    }
+    const float d = quant_group_scale(amax, bad, 7.0f);
+    const int c = quant_code(x[k], d, 7.0f) + 8;
+    const int hi = __shfl_down_sync(full, c, 8);
+    // Chunk of 16 values 32k + 16 (lane / 16) ...: byte m < 8 holds value m (low) and m + 8 (high).
+    if ((lane & 15) < 8 && 32 * k + lane < D) {
+      const int at = 16 * k + (lane >> 4) * 8 + (lane & 7);
+      const uint8_t b = static_cast<uint8_t>(c | (hi << 4));
+      dst[at] = b;
+      if (dst2 != nullptr) dst2[at] = b;
+    }
+    if (lane == 0) {  // group k (G = 32) or the only group (D = 16)
+      *reinterpret_cast<float*>(dst + D / 2 + 4 * k) = d;
+      if (dst2 != nullptr) *reinterpret_cast<float*>(dst2 + D / 2 + 4 * k) = d;
+    }
+  }
+}
+
+// Loads the D values of a row (fp32, global memory) into a warp's registers as quantize_row_warp takes them.
+__device__ __forceinline__ void load_row_warp(const float* src, int D, float (&x)[kQuantRegs]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int k = 0; k < kQuantRegs; ++k) x[k] = 32 * k + lane < D ? src[32 * k + lane] : 0.0f;
+}
+
 __global__ void kv_store_kernel(KvView kv, int64_t layer, const float* __restrict__ k, const float* __restrict__ v,
                                 const int32_t* __restrict__ pos0) {
   pdl_trigger();
@@ -412,9 +535,17 @@ __global__ void kv_store_kernel(KvView kv, int64_t layer, const float* __restric
   const int i = blockIdx.x, which = blockIdx.y / static_cast<int>(kv.n_kv_heads);
   const int h = blockIdx.y % static_cast<int>(kv.n_kv_heads);
   const float* src = (which == 0 ? k : v) + (static_cast<int64_t>(i) * kv.n_kv_heads + h) * kv.head_dim;
-  const size_t off = kv_off(kv, which, layer, h, static_cast<int64_t>(*pos0) + i);
+  const int64_t pos = static_cast<int64_t>(*pos0) + i;
+  if (kv_quantized(kv.type)) {  // one warp per row
+    if (threadIdx.x >= 32) return;
+    float x[kQuantRegs];
+    load_row_warp(src, static_cast<int>(kv.head_dim), x);
+    quantize_row_warp(kv.type, x, static_cast<int>(kv.head_dim), kv_row_ptr(kv, which, layer, h, pos), nullptr);
+    return;
+  }
+  const size_t off = kv_off(kv, which, layer, h, pos);
   for (int d = threadIdx.x; d < kv.head_dim; d += blockDim.x) {
-    if (kv.f16)
+    if (kv.type == KvType::kF16)
       static_cast<__half*>(kv.data)[off + d] = __float2half_rn(src[d]);
     else
       static_cast<float*>(kv.data)[off + d] = src[d];
@@ -447,9 +578,17 @@ __global__ void rope_kv_kernel(float* __restrict__ q, float* __restrict__ k, con
   __syncthreads();  // the rotated k row, written by other threads of this block
   const int h = y - n_heads;
   const float* vrow = v + (static_cast<int64_t>(i) * hkv + h) * D;
+  if (kv_quantized(kv.type)) {  // warp 0 quantizes k, warp 1 (or 0 again) v
+    for (int w = static_cast<int>(threadIdx.x >> 5); w < 2; w += static_cast<int>(blockDim.x >> 5)) {
+      float x[kQuantRegs];
+      load_row_warp(w == 0 ? row : vrow, D, x);
+      quantize_row_warp(kv.type, x, D, kv_row_ptr(kv, w, layer, h, pos), nullptr);
+    }
+    return;
+  }
   const size_t ko = kv_off(kv, 0, layer, h, pos), vo = kv_off(kv, 1, layer, h, pos);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    if (kv.f16) {
+    if (kv.type == KvType::kF16) {
       static_cast<__half*>(kv.data)[ko + d] = __float2half_rn(row[d]);
       static_cast<__half*>(kv.data)[vo + d] = __float2half_rn(vrow[d]);
     } else {
@@ -476,15 +615,50 @@ constexpr int kAttnMaxG = 8;
 constexpr int kAttnMaxD = 256;
 constexpr int kAttnOut = kAttnMaxG * kAttnMaxD / kAttnThreads;  // outputs per thread, at most
 
-template <bool kF16>
-__device__ __forceinline__ float kv_at(const void* base, size_t off) {
-  if constexpr (kF16)
-    return __half2float(static_cast<const __half*>(base)[off]);
-  else
-    return static_cast<const float*>(base)[off];
+// Value d of cache row `row` (kv_row_index) as fp32: q8 / q4r as scale * code (for q4r a value of
+// the rotated row).
+template <KvType kT>
+__device__ __forceinline__ float kv_value(const KvView& kv, size_t row, int d) {
+  const int D = static_cast<int>(kv.head_dim);
+  if constexpr (kT == KvType::kF32) {
+    return static_cast<const float*>(kv.data)[row * D + d];
+  } else if constexpr (kT == KvType::kF16) {
+    return __half2float(static_cast<const __half*>(kv.data)[row * D + d]);
+  } else {
+    const uint8_t* p = static_cast<const uint8_t*>(kv.data) + row * static_cast<size_t>(kv.row_bytes);
+    if constexpr (kT == KvType::kQ8) {
+      const float s = *reinterpret_cast<const float*>(p + (D + 3) / 4 * 4);
+      return s * static_cast<float>(static_cast<int8_t>(p[d]));
+    } else {
+      const int G = D < 32 ? D : 32, m = d & 15;
+      const float s = *reinterpret_cast<const float*>(p + D / 2 + 4 * (d / G));
+      const int b = p[(d >> 4) * 8 + (m & 7)];
+      return s * static_cast<float>((m < 8 ? b & 15 : b >> 4) - 8);
+    }
+  }
 }
 
-template <bool kF16>
+// In place: each of the n vectors of D values in shared memory x becomes H x (the stages and the
+// arithmetic of hadamard_transform, kv_quant.h, so the same bits). Every thread of the block calls
+// it after x is complete; x is complete again when it returns.
+__device__ void hadamard_smem(float* x, int n, int D) {
+  const int half = D / 2;
+  for (int h = 1; h < D; h *= 2) {
+    for (int p = threadIdx.x; p < n * half; p += blockDim.x) {
+      const int v = p / half, r = p - v * half;
+      const int j = v * D + (r / h) * 2 * h + r % h;
+      const float a = x[j], b = x[j + h];
+      x[j] = __fadd_rn(a, b);
+      x[j + h] = __fsub_rn(a, b);
+    }
+    __syncthreads();
+  }
+  const float s = hadamard_scale(D);
+  for (int e = threadIdx.x; e < n * D; e += blockDim.x) x[e] = __fmul_rn(x[e], s);
+  __syncthreads();
+}
+
+template <KvType kT>
 __global__ void __launch_bounds__(kAttnThreads)
     attention_kernel(KvView kv, int64_t layer, const float* __restrict__ q, int n_heads, int splits,
                      const int32_t* __restrict__ pos0, const RowSeq* __restrict__ rows, float* __restrict__ scratch,
@@ -517,15 +691,16 @@ __global__ void __launch_bounds__(kAttnThreads)
 #pragma unroll
   for (int o = 0; o < kAttnOut; ++o) acc[o] = 0.0f;
   __syncthreads();
+  if constexpr (kT == KvType::kQ4R) hadamard_smem(qs, G, D);  // keys are H k: score H q
   for (int t0 = k0; t0 < k1; t0 += kAttnThreads) {
     const int key = t0 + tid;
     float sc[kAttnMaxG];
 #pragma unroll
     for (int g = 0; g < kAttnMaxG; ++g) sc[g] = 0.0f;
     if (key < k1) {
-      const size_t off = kv_off(kv, 0, layer, hk, key);
+      const size_t row = kv_row_index(kv, 0, layer, hk, key);
       for (int d = 0; d < D; ++d) {
-        const float kd = kv_at<kF16>(kv.data, off + d);
+        const float kd = kv_value<kT>(kv, row, d);
 #pragma unroll
         for (int g = 0; g < kAttnMaxG; ++g)
           if (g < G) sc[g] = fmaf(qs[g * D + d], kd, sc[g]);
@@ -555,7 +730,7 @@ __global__ void __launch_bounds__(kAttnThreads)
       if (e < G * D) {
         const int g = e / D, d = e % D;
         float a = acc[o] * corr[g];
-        for (int j = 0; j < nk; ++j) a = fmaf(ps[g][j], kv_at<kF16>(kv.data, kv_off(kv, 1, layer, hk, t0 + j) + d), a);
+        for (int j = 0; j < nk; ++j) a = fmaf(ps[g][j], kv_value<kT>(kv, kv_row_index(kv, 1, layer, hk, t0 + j), d), a);
         acc[o] = a;
       }
     }
@@ -567,11 +742,19 @@ __global__ void __launch_bounds__(kAttnThreads)
       const int e = tid + o * kAttnThreads;
       if (e < G * D) {
         const int g = e / D;
-        out[(static_cast<int64_t>(i) * n_heads + h0) * D + e] = acc[o] / lrun[g];
+        if constexpr (kT == KvType::kQ4R)
+          qs[e] = acc[o] / lrun[g];
+        else
+          out[(static_cast<int64_t>(i) * n_heads + h0) * D + e] = acc[o] / lrun[g];
       }
     }
+    if constexpr (kT == KvType::kQ4R) {  // the weighted sum of the H v: rotate it back
+      __syncthreads();
+      hadamard_smem(qs, G, D);
+      for (int e = tid; e < G * D; e += kAttnThreads) out[(static_cast<int64_t>(i) * n_heads + h0) * D + e] = qs[e];
+    }
     return;
-  }
+  }  // (a split's partial result stays rotated: the merge kernel rotates the merged one back)
   // Partial result of this split: [row][head][split] x (m, l, acc[D]).
   const int64_t rec = 2 + D;
 #pragma unroll
@@ -704,7 +887,7 @@ __global__ void __launch_bounds__(kAttnThreads)
   // so the dependent loads below (q, then K, then V) find them there. The new key's row is
   // prefetched too (stale, harmless: L2 is where this kernel's store of it lands).
   {
-    const int esize = kv.f16 ? 2 : 4;
+    const int esize = kv.type == KvType::kF16 ? 2 : 4;
     const int lines = (D * esize + 127) / 128;  // 128-byte lines per row
     // (with staging, the first tile is copied to shared memory below instead)
     const int p0 = kStage && fuse.k != nullptr ? k0 + kAttnThreads : k0;
@@ -754,7 +937,7 @@ __global__ void __launch_bounds__(kAttnThreads)
         const int j = d < half ? d : d - half;
         const float a = kh[j], b = kh[j + half];
         const float kr = d < half ? rope_lo(a, b, ct[j], st[j]) : rope_hi(a, b, ct[j], st[j]);
-        if (kv.f16) {
+        if (kv.type == KvType::kF16) {
           const __half kh16 = __float2half_rn(kr), vh16 = __float2half_rn(vh[d]);
           static_cast<__half*>(kv.data)[ko + d] = kh16;
           static_cast<__half*>(kv.data)[vo + d] = vh16;
@@ -805,7 +988,7 @@ __global__ void __launch_bounds__(kAttnThreads)
 #pragma unroll 4
       for (int d0 = 0; d0 < D; d0 += 8) {
         float kd[8];
-        if (kStage || kv.f16) {
+        if (kStage || kv.type == KvType::kF16) {
           const uint4 u = kStage ? *reinterpret_cast<const uint4*>(Ks + tid * KS + d0)
                                  : *reinterpret_cast<const uint4*>(static_cast<const __half*>(kv.data) + off + d0);
           const float2 f0 = half2_bits_to_float2(u.x), f1 = half2_bits_to_float2(u.y);
@@ -884,7 +1067,7 @@ __global__ void __launch_bounds__(kAttnThreads)
       if constexpr (kStage)
         KvVec<DPL>::load(Vs, static_cast<size_t>(j) * D + lane * DPL, true, vv);
       else
-        KvVec<DPL>::load(kv.data, kv_off(kv, 1, layer, hk, t0 + j) + lane * DPL, kv.f16, vv);
+        KvVec<DPL>::load(kv.data, kv_off(kv, 1, layer, hk, t0 + j) + lane * DPL, kv.type == KvType::kF16, vv);
 #pragma unroll
       for (int g = 0; g < kAttnMaxG; ++g)
         if (g < G) {
@@ -929,12 +1112,336 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
+// ---- attention over q8 / q4r caches (head_dim D = 64 or 128) ----
+// The fast kernel's shape and softmax (block = (kv head, row, split), 4 warps, 128-key tiles, the G
+// query heads of the kv head sharing each K and V row), with every tile of K and V rows copied to
+// shared memory first (4-byte cp.async, a warp per row: a row is only 4-byte aligned; the stage
+// row stride padded to an odd number of words so the per-key reads hit distinct banks). Scores:
+// thread t takes key t; the codes are widened to fp32 exactly (the float 2^23 + code, minus 2^23)
+// and dotted with q in fp32, and each group's sum is multiplied once by its scale (q8: the row's;
+// q4r: every 32 values). P.V: warp w takes keys w, w + 4, ..., lane l dims [l DPL, (l + 1) DPL);
+// p times the row's (group's) scale once per key, then one FMA per code. fp32 throughout, so the
+// result is fp32 attention over the dequantized rows up to the order of the roundings. q4r: q is
+// rotated by H in shared memory (H q . H k = q . k), and the output rotated back (H H = I) here
+// (one split) or by the merge kernel (the splits' partial sums stay rotated). In a decode step
+// (fuse.k set) the split holding the new position quantizes its k (after RoPE) and v into the
+// cache and into the stage.
+template <KvType kT, int D>
+__host__ __device__ constexpr int kv_q_row_words() {
+  return kT == KvType::kQ8 ? D / 4 + 1 : D / 8 + D / 32;
+}
+template <KvType kT, int D>
+__host__ __device__ constexpr int kv_q_stage_stride() {
+  return kv_q_row_words<kT, D>() | 1;
+}
+template <KvType kT, int DPL>
+constexpr size_t attention_q_stage_bytes() {
+  return static_cast<size_t>(2 * kAttnThreads) * kv_q_stage_stride<kT, 32 * DPL>() * 4;
+}
+// Code of a q8 byte (any byte of u at bit `shift`) or a q4r nibble as an exact fp32 value.
+__device__ __forceinline__ float q8_code(uint32_t u, int shift) {
+  return __int_as_float(0x4B000000 | (((u >> shift) ^ 0x80u) & 0xFFu)) - 8388736.0f;  // 2^23 + 128
+}
+__device__ __forceinline__ float q4_code(uint32_t u, int shift) {
+  return __int_as_float(0x4B000000 | ((u >> shift) & 0xFu)) - 8388616.0f;  // 2^23 + 8
+}
+
+template <int DPL, KvType kT>
+__global__ void __launch_bounds__(kAttnThreads)
+    attention_q_kernel(KvView kv, int64_t layer, const float* __restrict__ q, int n_heads, int splits,
+                       const int32_t* __restrict__ pos0, const RowSeq* __restrict__ rows, float* __restrict__ scratch,
+                       float* __restrict__ out, DecodeFuse fuse) {
+  pdl_trigger();
+  constexpr int D = 32 * DPL;
+  constexpr int W = kv_q_row_words<kT, D>(), RS = kv_q_stage_stride<kT, D>();
+  constexpr int kWarps = kAttnThreads / 32;
+  extern __shared__ __align__(16) uint32_t kvq_stage[];
+  uint32_t* const Ks = kvq_stage;
+  uint32_t* const Vs = kvq_stage + kAttnThreads * RS;
+  __shared__ __align__(16) float qs[kAttnMaxG * D];
+  __shared__ float ps[kAttnMaxG][kAttnThreads];
+  __shared__ float redm[kAttnMaxG][kWarps], reds[kAttnMaxG][kWarps];
+  __shared__ float mrun[kAttnMaxG], lrun[kAttnMaxG], corr[kAttnMaxG];
+  __shared__ float part[kWarps - 1][1024];
+  const int hk = blockIdx.x, i = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int G = n_heads / static_cast<int>(kv.n_kv_heads);
+  const int h0 = hk * G;
+  const int n_keys = row_pos(rows, pos0, i) + 1;
+  const int chunk = split_chunk(n_keys, row_splits(rows, i, splits));
+  const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk);
+  if (k0 >= n_keys) {  // beyond the active splits (the merge skips them too)
+    pdl_wait();
+    return;
+  }
+  if (rows != nullptr) {
+    kv.data = rows[i].kv;
+    kv.table = rows[i].table;
+  }
+  // Rows past the first tile: into L2 while the previous kernel runs (earlier keys are constants).
+  {
+    const int lines = static_cast<int>((kv.row_bytes + 127) / 128);
+    const int p0 = k0 + kAttnThreads;
+    const int per_which = (k1 > p0 ? k1 - p0 : 0) * lines;
+    for (int t = tid; t < 2 * per_which; t += kAttnThreads) {
+      const int which = t >= per_which ? 1 : 0, r = t - which * per_which;
+      const uint8_t* p = kv_row_ptr(kv, which, layer, hk, p0 + r / lines) + (r % lines) * 128;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    }
+  }
+  // Copies the K and V rows of keys [t0, min(t0 + kAttnThreads, k1)) into Ks / Vs, except key `skip`.
+  auto stage = [&](int t0, int skip) {
+    const int nk = min(kAttnThreads, k1 - t0);
+    for (int r = warp; r < 2 * nk; r += kWarps) {
+      const int which = r >= nk ? 1 : 0, j = r - which * nk;
+      if (t0 + j == skip) continue;
+      const uint32_t* src = reinterpret_cast<const uint32_t*>(kv_row_ptr(kv, which, layer, hk, t0 + j));
+      uint32_t* dst = (which == 0 ? Ks : Vs) + j * RS;
+      for (int w = lane; w < W; w += 32) cp_async4(dst + w, src + w);
+    }
+    cp_async_commit();
+  };
+  const int new_key = fuse.k != nullptr ? n_keys - 1 : -1;
+  if (fuse.k != nullptr) stage(k0, new_key);  // decode: constants only, before the wait
+  pdl_wait();
+  if (fuse.k == nullptr) stage(k0, -1);  // keys written by the previous kernel
+  const float scale = 1.0f / sqrtf(static_cast<float>(D));
+  if (fuse.k != nullptr) {
+    constexpr int half = D / 2;
+    const int pos = n_keys - 1;
+    const float* ct = fuse.cos_t + static_cast<int64_t>(pos) * half;
+    const float* st = fuse.sin_t + static_cast<int64_t>(pos) * half;
+    for (int e = tid; e < G * D; e += kAttnThreads) {
+      const float* qh = q + (static_cast<int64_t>(i) * n_heads + h0 + e / D) * D;
+      const int d = e % D, j = d < half ? d : d - half;
+      const float a = qh[j], b = qh[j + half];
+      qs[e] = d < half ? rope_lo(a, b, ct[j], st[j]) : rope_hi(a, b, ct[j], st[j]);
+    }
+    if (k0 <= pos && pos < k1 && warp < 2) {  // the split holding the new key: warp 0 stores k, warp 1 v
+      float x[kQuantRegs];
+#pragma unroll
+      for (int r = 0; r < kQuantRegs; ++r) {
+        const int d = 32 * r + lane;
+        x[r] = 0.0f;
+        if (d < D) {
+          if (warp == 0) {
+            const float* kh = fuse.k + (static_cast<int64_t>(i) * kv.n_kv_heads + hk) * D;
+            const int j = d < half ? d : d - half;
+            const float a = kh[j], b = kh[j + half];
+            x[r] = d < half ? rope_lo(a, b, ct[j], st[j]) : rope_hi(a, b, ct[j], st[j]);
+          } else {
+            x[r] = fuse.v[(static_cast<int64_t>(i) * kv.n_kv_heads + hk) * D + d];
+          }
+        }
+      }
+      uint32_t* st_row = pos - k0 < kAttnThreads ? (warp == 0 ? Ks : Vs) + (pos - k0) * RS : nullptr;
+      quantize_row_warp(kT, x, D, kv_row_ptr(kv, warp, layer, hk, pos), reinterpret_cast<uint8_t*>(st_row));
+    }
+  } else {
+    for (int e = tid; e < G * D; e += kAttnThreads) qs[e] = q[(static_cast<int64_t>(i) * n_heads + h0) * D + e];
+  }
+  if (tid < G) {
+    mrun[tid] = -INFINITY;
+    lrun[tid] = 0.0f;
+  }
+  float acc[kAttnMaxG][DPL];
+#pragma unroll
+  for (int g = 0; g < kAttnMaxG; ++g)
+#pragma unroll
+    for (int d = 0; d < DPL; ++d) acc[g][d] = 0.0f;
+  // Where lane's DPL values sit in a V row: the word, the bit of its first code, the scale's word.
+  int v_word, v_shift, v_scale;
+  if constexpr (kT == KvType::kQ8) {
+    v_word = lane * DPL / 4;
+    v_shift = 8 * ((lane * DPL) & 3);
+    v_scale = D / 4;
+  } else {
+    const int d0 = lane * DPL, b = (d0 >> 4) * 8 + (d0 & 7);  // byte of value d0 (low or high nibble)
+    v_word = b >> 2;
+    v_shift = 8 * (b & 3) + ((d0 & 15) >= 8 ? 4 : 0);
+    v_scale = D / 8 + d0 / 32;
+  }
+  __syncthreads();  // qs
+  if constexpr (kT == KvType::kQ4R) hadamard_smem(qs, G, D);  // keys are H k: score H q
+  cp_async_wait<0>();
+  __syncthreads();
+  for (int t0 = k0; t0 < k1; t0 += kAttnThreads) {
+    if (t0 != k0) {  // later tiles (the previous one's readers are past the barrier ending it)
+      stage(t0, -1);
+      cp_async_wait<0>();
+      __syncthreads();
+    }
+    const int key = t0 + tid;
+    float sc[kAttnMaxG];
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g) sc[g] = 0.0f;
+    if (key < k1) {
+      const uint32_t* kr = Ks + tid * RS;
+      if constexpr (kT == KvType::kQ8) {
+#pragma unroll 4
+        for (int w = 0; w < D / 4; ++w) {
+          const uint32_t u = kr[w];
+          const float c0 = q8_code(u, 0), c1 = q8_code(u, 8), c2 = q8_code(u, 16), c3 = q8_code(u, 24);
+#pragma unroll
+          for (int g = 0; g < kAttnMaxG; ++g)
+            if (g < G) {
+              const float4 qa = *reinterpret_cast<const float4*>(&qs[g * D + 4 * w]);
+              float a = sc[g];
+              a = fmaf(qa.x, c0, a);
+              a = fmaf(qa.y, c1, a);
+              a = fmaf(qa.z, c2, a);
+              a = fmaf(qa.w, c3, a);
+              sc[g] = a;
+            }
+        }
+        const float s = __uint_as_float(kr[D / 4]);
+#pragma unroll
+        for (int g = 0; g < kAttnMaxG; ++g) sc[g] *= s;
+      } else {
+#pragma unroll
+        for (int grp = 0; grp < D / 32; ++grp) {
+          float pg[kAttnMaxG];
+#pragma unroll
+          for (int g = 0; g < kAttnMaxG; ++g) pg[g] = 0.0f;
+          // Two chunks of 16 values (8 bytes: words u0, u1): low nibbles of u0 values 0-3, of u1
+          // 4-7; high nibbles of u0 8-11, of u1 12-15.
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const uint32_t u0 = kr[4 * grp + 2 * c], u1 = kr[4 * grp + 2 * c + 1];
+            const int base = 32 * grp + 16 * c;
+#pragma unroll
+            for (int quad = 0; quad < 4; ++quad) {
+              const uint32_t u = (quad & 1) ? u1 : u0;
+              const int sh = (quad & 2) ? 4 : 0;
+              const float c0 = q4_code(u, sh), c1 = q4_code(u, sh + 8), c2 = q4_code(u, sh + 16),
+                          c3 = q4_code(u, sh + 24);
+#pragma unroll
+              for (int g = 0; g < kAttnMaxG; ++g)
+                if (g < G) {
+                  const float4 qa = *reinterpret_cast<const float4*>(&qs[g * D + base + 4 * quad]);
+                  float a = pg[g];
+                  a = fmaf(qa.x, c0, a);
+                  a = fmaf(qa.y, c1, a);
+                  a = fmaf(qa.z, c2, a);
+                  a = fmaf(qa.w, c3, a);
+                  pg[g] = a;
+                }
+            }
+          }
+          const float s = __uint_as_float(kr[D / 8 + grp]);
+#pragma unroll
+          for (int g = 0; g < kAttnMaxG; ++g) sc[g] = fmaf(s, pg[g], sc[g]);
+        }
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g) {
+      sc[g] = key < k1 ? sc[g] * scale : -INFINITY;
+      const float m = warp_max(sc[g]);
+      if (g < G && lane == 0) redm[g][warp] = m;
+    }
+    __syncthreads();
+    auto new_max = [&](int g) {
+      float m = mrun[g];
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, redm[g][w]);
+      return m;
+    };
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g) {
+      const float p = (g < G && key < k1) ? expf(sc[g] - new_max(g)) : 0.0f;
+      if (g < G) ps[g][tid] = p;
+      const float su = warp_sum(p);
+      if (g < G && lane == 0) reds[g][warp] = su;
+    }
+    __syncthreads();
+    if (tid < G) {
+      float su = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) su += reds[tid][w];
+      const float mn = new_max(tid);
+      corr[tid] = expf(mrun[tid] - mn);
+      lrun[tid] = lrun[tid] * corr[tid] + su;
+      mrun[tid] = mn;
+    }
+    __syncthreads();
+    const int nk = min(kAttnThreads, k1 - t0);
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g)
+      if (g < G) {
+        const float c = corr[g];
+#pragma unroll
+        for (int d = 0; d < DPL; ++d) acc[g][d] *= c;
+      }
+#pragma unroll 4
+    for (int j = warp; j < nk; j += kWarps) {
+      const uint32_t u = Vs[j * RS + v_word];
+      const float s = __uint_as_float(Vs[j * RS + v_scale]);
+      float vv[DPL];
+#pragma unroll
+      for (int d = 0; d < DPL; ++d)
+        vv[d] = kT == KvType::kQ8 ? q8_code(u, v_shift + 8 * d) : q4_code(u, v_shift + 8 * d);
+#pragma unroll
+      for (int g = 0; g < kAttnMaxG; ++g)
+        if (g < G) {
+          const float p = ps[g][j] * s;
+#pragma unroll
+          for (int d = 0; d < DPL; ++d) acc[g][d] = fmaf(p, vv[d], acc[g][d]);
+        }
+    }
+    __syncthreads();  // ps, corr and the stage rewritten by the next tile
+  }
+  if (warp > 0) {
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g)
+      if (g < G)
+#pragma unroll
+        for (int d = 0; d < DPL; ++d) part[warp - 1][g * D + lane * DPL + d] = acc[g][d];
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g) {
+      if (g >= G) continue;
+#pragma unroll
+      for (int d = 0; d < DPL; ++d) {
+        const int e = g * D + lane * DPL + d;
+        float a = acc[g][d];
+#pragma unroll
+        for (int w = 0; w < kWarps - 1; ++w) a += part[w][e];
+        if (splits == 1) {
+          if constexpr (kT == KvType::kQ4R)
+            qs[e] = a / lrun[g];
+          else
+            out[(static_cast<int64_t>(i) * n_heads + h0) * D + e] = a / lrun[g];
+        } else {
+          float* p = scratch + ((static_cast<int64_t>(i) * n_heads + h0 + g) * splits + split) * (2 + D);
+          p[2 + lane * DPL + d] = a;
+          if (lane == 0 && d == 0) {
+            p[0] = mrun[g];
+            p[1] = lrun[g];
+          }
+        }
+      }
+    }
+  }
+  if constexpr (kT == KvType::kQ4R) {
+    if (splits == 1) {  // the weighted sum of the H v: rotate it back
+      __syncthreads();
+      hadamard_smem(qs, G, D);
+      for (int e = tid; e < G * D; e += kAttnThreads) out[(static_cast<int64_t>(i) * n_heads + h0) * D + e] = qs[e];
+    }
+  }
+}
+
 // Merge of the splits: block = (row, head), threads over D.
+// rotate (q4r caches): the merged sum is H times the output; rotated back in shared memory.
 __global__ void attention_merge_kernel(const float* __restrict__ scratch, int n_heads, int D, int splits,
                                        const int32_t* __restrict__ pos0, const RowSeq* __restrict__ rows,
-                                       float* __restrict__ out, int skip_chunk_rows) {
+                                       float* __restrict__ out, int rotate, int skip_chunk_rows) {
   pdl_trigger();
   pdl_wait();
+  __shared__ float o[kAttnMaxD];
   const int i = blockIdx.x, h = blockIdx.y;
   if (chunk_row_elsewhere(skip_chunk_rows, rows, i)) return;
   const int n_keys = row_pos(rows, pos0, i) + 1;
@@ -949,8 +1456,15 @@ __global__ void attention_merge_kernel(const float* __restrict__ scratch, int n_
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float a = 0.0f;
     for (int s = 0; s < active; ++s) a += base[s * rec + 2 + d] * expf(base[s * rec] - M);
-    out[(static_cast<int64_t>(i) * n_heads + h) * D + d] = a / l;
+    if (rotate)
+      o[d] = a / l;
+    else
+      out[(static_cast<int64_t>(i) * n_heads + h) * D + d] = a / l;
   }
+  if (!rotate) return;
+  __syncthreads();
+  hadamard_smem(o, 1, D);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) out[(static_cast<int64_t>(i) * n_heads + h) * D + d] = o[d];
 }
 
 // ---- elementwise ----
@@ -1402,12 +1916,37 @@ cudaError_t relu2_rmsnorm_quantize_rows(const float* gate, const float* up, cons
   return cudaGetLastError();
 }
 
+int64_t kv_type_row_bytes(KvType t, int64_t head_dim) {
+  const int64_t d = head_dim;
+  if (d < 1) return 0;
+  switch (t) {
+    case KvType::kF32: return 4 * d;
+    case KvType::kF16: return 2 * d;
+    case KvType::kQ8: return (d + 3) / 4 * 4 + 4;
+    case KvType::kQ4R:
+      if (d < 16 || (d & (d - 1)) != 0) return 0;
+      return d / 2 + 4 * (d / (d < 32 ? d : 32));
+  }
+  return 0;
+}
+
+namespace {
+// A view the kernels can use: its row size is its type's, and quantized rows fit one warp's registers.
+bool kv_view_ok(const KvView& kv) {
+  const int64_t rb = kv_type_row_bytes(kv.type, kv.head_dim);
+  if (rb == 0 || kv.row_bytes != rb) return false;
+  return !(kv.type == KvType::kQ8 || kv.type == KvType::kQ4R) || kv.head_dim <= 32 * kQuantRegs;
+}
+}  // namespace
+
 cudaError_t rope_kv_store_rows(float* q, float* k, const float* v, int64_t n, int64_t n_heads, KvView kv, int64_t layer,
                                const float* cos_t, const float* sin_t, const int32_t* pos0, cudaStream_t stream,
                                const RowSeq* rows) {
-  if (n <= 0 || n_heads <= 0 || kv.head_dim <= 0 || kv.head_dim % 2 != 0 || layer < 0 || layer >= kv.n_layers)
+  if (n <= 0 || n_heads <= 0 || kv.head_dim <= 0 || kv.head_dim % 2 != 0 || layer < 0 || layer >= kv.n_layers ||
+      !kv_view_ok(kv))
     return cudaErrorInvalidValue;
-  const int threads = kv.head_dim < 64 ? 32 : (kv.head_dim > 512 ? 256 : static_cast<int>(kv.head_dim / 2));
+  // Whole warps: a q8 / q4r row is quantized by one warp.
+  const int threads = kv.head_dim < 64 ? 32 : (kv.head_dim > 512 ? 256 : static_cast<int>((kv.head_dim / 2 + 31) / 32 * 32));
   TRY_LAUNCH(rope_kv_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads + kv.n_kv_heads)),
              dim3(threads), stream, q, k, v, static_cast<int>(n_heads), kv, layer, cos_t, sin_t, pos0, rows);
   return cudaSuccess;
@@ -1471,7 +2010,7 @@ cudaError_t rope_rows(float* x, int64_t n, int64_t n_heads, int64_t head_dim, co
 
 cudaError_t kv_store_rows(KvView kv, int64_t layer, const float* k, const float* v, int64_t n, const int32_t* pos0,
                           cudaStream_t stream) {
-  if (n <= 0 || layer < 0 || layer >= kv.n_layers) return cudaErrorInvalidValue;
+  if (n <= 0 || layer < 0 || layer >= kv.n_layers || !kv_view_ok(kv)) return cudaErrorInvalidValue;
   const int threads = kv.head_dim < 32 ? 32 : (kv.head_dim > 256 ? 256 : static_cast<int>(kv.head_dim));
   TRY_LAUNCH(kv_store_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(2 * kv.n_kv_heads)), dim3(threads),
              stream, kv, layer, k, v, pos0);
@@ -1494,7 +2033,7 @@ namespace {
 
 bool attention_shape_ok(const KvView& kv, int64_t n_heads, int64_t layer) {
   return kv.n_kv_heads > 0 && n_heads > 0 && n_heads % kv.n_kv_heads == 0 && n_heads / kv.n_kv_heads <= kAttnMaxG &&
-         kv.head_dim > 0 && kv.head_dim <= kAttnMaxD && layer >= 0 && layer < kv.n_layers;
+         kv.head_dim > 0 && kv.head_dim <= kAttnMaxD && layer >= 0 && layer < kv.n_layers && kv_view_ok(kv);
 }
 
 bool attention_fast_shape(const KvView& kv, int64_t n_heads) {
@@ -1519,7 +2058,15 @@ cudaError_t launch_attention_fast(const KvView& kv, int64_t layer, const float* 
   // memory a block, only two fit on an SM, so grids of more than one such wave (prefill rows, big
   // batches) keep the unstaged kernel, which many more blocks per SM run at once (pp4096 fell from
   // 13.2k to 7.5k tok/s and 256 sequences from 14.6k to 10.0k with staging everywhere).
-  const bool stage = kv.f16 && fuse.k != nullptr &&
+  if (kv.type == KvType::kQ8 || kv.type == KvType::kQ4R) {  // always staged (small rows: 2 KV tiles of 11-34 KB)
+    const bool q8 = kv.type == KvType::kQ8;
+    if (kv.head_dim == 64)
+      return q8 ? go(attention_q_kernel<2, KvType::kQ8>, attention_q_stage_bytes<KvType::kQ8, 2>())
+                : go(attention_q_kernel<2, KvType::kQ4R>, attention_q_stage_bytes<KvType::kQ4R, 2>());
+    return q8 ? go(attention_q_kernel<4, KvType::kQ8>, attention_q_stage_bytes<KvType::kQ8, 4>())
+              : go(attention_q_kernel<4, KvType::kQ4R>, attention_q_stage_bytes<KvType::kQ4R, 4>());
+  }
+  const bool stage = kv.type == KvType::kF16 && fuse.k != nullptr &&
                      static_cast<int64_t>(grid.x) * grid.y * grid.z <= 2 * static_cast<int64_t>(sm_count());
   if (kv.head_dim == 64)
     return stage ? go(attention_fast_kernel<2, true>, attention_stage_bytes<2>()) : go(attention_fast_kernel<2, false>, 0);
@@ -1531,7 +2078,7 @@ cudaError_t launch_attention_merge(const KvView& kv, int64_t n, int64_t n_heads,
                                    int skip_chunk_rows = 0) {
   TRY_LAUNCH(attention_merge_kernel, dim3(static_cast<unsigned>(n), static_cast<unsigned>(n_heads)), dim3(128), stream,
              scratch, static_cast<int>(n_heads), static_cast<int>(kv.head_dim), static_cast<int>(splits), pos0, rows,
-             out, skip_chunk_rows);
+             out, kv.type == KvType::kQ4R ? 1 : 0, skip_chunk_rows);
   return cudaSuccess;
 }
 
@@ -1565,12 +2112,19 @@ cudaError_t attention_rows(KvView kv, int64_t layer, const float* q, int64_t n, 
     const cudaError_t e = launch_attention_fast(kv, layer, q, n, n_heads, splits, pos0, rows, scratch, out, plain,
                                                 stream);
     if (e != cudaSuccess) return e;
-  } else if (kv.f16) {
-    TRY_LAUNCH(attention_kernel<true>, grid, dim3(kAttnThreads), stream, kv, layer, q, static_cast<int>(n_heads),
-               static_cast<int>(splits), pos0, rows, scratch, out);
   } else {
-    TRY_LAUNCH(attention_kernel<false>, grid, dim3(kAttnThreads), stream, kv, layer, q, static_cast<int>(n_heads),
-               static_cast<int>(splits), pos0, rows, scratch, out);
+    auto go = [&](auto kernel) {
+      return launch(kernel, grid, dim3(kAttnThreads), stream, kv, layer, q, static_cast<int>(n_heads),
+                    static_cast<int>(splits), pos0, rows, scratch, out);
+    };
+    cudaError_t e = cudaErrorInvalidValue;
+    switch (kv.type) {
+      case KvType::kF32: e = go(attention_kernel<KvType::kF32>); break;
+      case KvType::kF16: e = go(attention_kernel<KvType::kF16>); break;
+      case KvType::kQ8: e = go(attention_kernel<KvType::kQ8>); break;
+      case KvType::kQ4R: e = go(attention_kernel<KvType::kQ4R>); break;
+    }
+    if (e != cudaSuccess) return e;
   }
   if (splits == 1) return cudaSuccess;
   return launch_attention_merge(kv, n, n_heads, splits, pos0, rows, scratch, out, stream, skip_chunk_rows);
@@ -1578,9 +2132,11 @@ cudaError_t attention_rows(KvView kv, int64_t layer, const float* q, int64_t n, 
 
 cudaError_t kv_copy_block(const KvView& kv, int32_t src, int32_t dst, int64_t n, cudaStream_t stream) {
   const int64_t bs = kv.block_size > 0 ? kv.block_size : kv.n_ctx;
-  if (src < 0 || dst < 0 || src >= kv.n_blocks || dst >= kv.n_blocks || n < 0 || n > bs) return cudaErrorInvalidValue;
+  if (src < 0 || dst < 0 || src >= kv.n_blocks || dst >= kv.n_blocks || n < 0 || n > bs || !kv_view_ok(kv))
+    return cudaErrorInvalidValue;
   if (n == 0 || src == dst) return cudaSuccess;
-  const size_t es = kv.f16 ? 2 : 4, row = static_cast<size_t>(kv.head_dim) * es, head = static_cast<size_t>(bs) * row;
+  // Rows of any type with their scales: bytes are bytes.
+  const size_t row = static_cast<size_t>(kv.row_bytes), head = static_cast<size_t>(bs) * row;
   // Per (K|V, layer) a block holds n_kv_heads runs of bs rows: copy the first n rows of each.
   for (int64_t wl = 0; wl < 2 * kv.n_layers; ++wl) {
     const size_t base = static_cast<size_t>(wl * kv.n_blocks) * static_cast<size_t>(kv.n_kv_heads) * head;

@@ -70,14 +70,31 @@ cudaError_t ternary_gemm(const uint8_t* w, const float* row_scale, int64_t rows,
 cudaError_t rope_rows(float* x, int64_t n, int64_t n_heads, int64_t head_dim, const float* cos_t,
                       const float* sin_t, const int32_t* pos0, cudaStream_t stream);
 
-// KV cache of fp32 (f16 = false) or fp16 (f16 = true) values, paged: a pool of n_blocks blocks of
-// block_size positions laid out [2][n_layers][n_blocks][n_kv_heads][block_size][head_dim];
-// position p of a sequence is slot p % block_size of pool block table[p / block_size] (`table`
-// in device memory; nullptr = block i is pool block i). block_size 0 means n_ctx, so n_blocks = 1
-// and no table is the contiguous cache [2][n_layers][n_kv_heads][n_ctx][head_dim].
+// How a KV cache stores a row of head_dim values (the engine's KvDtype, same order; the byte
+// layouts and the quantizer are those of src/engine/kv_quant.h, bit for bit):
+//  - kF32, kF16: the values;
+//  - kQ8: int8 codes c = rint(x / d) (half to even) in [-127, 127], zero-padded to a multiple of 4
+//    bytes, then the fp32 scale d = max|x| / 127 of the row;
+//  - kQ4R: the row rotated by the normalized Walsh-Hadamard matrix H (head_dim a power of two
+//    >= 16), then 4-bit codes in [-7, 7] stored as c + 8 (every 16 values are 8 bytes, byte m holding
+//    value m in its low and m + 8 in its high nibble), then one fp32 scale max|y| / 7 per group of
+//    min(32, head_dim) values. Attention rotates q by H and the weighted sum of values back.
+// A row with an inf or NaN gets scale NaN (q4r: per group) and codes 0.
+enum class KvType : uint8_t { kF32, kF16, kQ8, kQ4R };
+// Bytes of one row of `head_dim` values (with its scales); 0 if the type cannot hold such rows
+// (q4r: head_dim not a power of two >= 16).
+int64_t kv_type_row_bytes(KvType t, int64_t head_dim);
+
+// KV cache, paged: a pool of n_blocks blocks of block_size positions laid out
+// [2][n_layers][n_blocks][n_kv_heads][block_size] rows of row_bytes (= kv_type_row_bytes(type,
+// head_dim): the launchers refuse a view where it differs); position p of a sequence is slot
+// p % block_size of pool block table[p / block_size] (`table` in device memory; nullptr = block i
+// is pool block i). block_size 0 means n_ctx, so n_blocks = 1 and no table is the contiguous cache
+// [2][n_layers][n_kv_heads][n_ctx] rows. Quantized types (q8, q4r) need head_dim <= 256.
 struct KvView {
   void* data = nullptr;
-  bool f16 = false;
+  KvType type = KvType::kF32;
+  int64_t row_bytes = 0;
   int64_t n_layers = 0, n_kv_heads = 0, n_ctx = 0, head_dim = 0;
   int64_t block_size = 0;
   int64_t n_blocks = 1;
@@ -100,7 +117,8 @@ struct RowSeq {
 // Copies positions [0, n) of pool block `src` to pool block `dst`, every layer and kv head.
 cudaError_t kv_copy_block(const KvView& kv, int32_t src, int32_t dst, int64_t n, cudaStream_t stream);
 
-// Stores k and v rows [n][n_kv_heads*head_dim] at positions *pos0 .. *pos0 + n - 1 of `layer`.
+// Stores k and v rows [n][n_kv_heads*head_dim] at positions *pos0 .. *pos0 + n - 1 of `layer`
+// (q8 / q4r: quantized on the device, the bytes of quantize_kv_row, engine/kv_quant.h).
 cudaError_t kv_store_rows(KvView kv, int64_t layer, const float* k, const float* v, int64_t n, const int32_t* pos0,
                           cudaStream_t stream);
 
@@ -125,6 +143,9 @@ size_t attention_scratch_floats(int64_t n_ctx, int64_t n_rows, int64_t n_heads, 
 // head_dim <= 256 and a multiple of 32; n_heads / n_kv_heads <= 8.
 // With rows (a multi-sequence pass), each row attends to [0, rows[i].pos] of its own cache and
 // the scratch is attention_scratch_floats(..., independent_rows = true).
+// Every KvType: q8 / q4r rows are read as scale * code (fp32 math); over a q4r cache q is rotated
+// by H and the weighted sum of the (rotated) values rotated back, so the output is attention over
+// the dequantized, unrotated rows.
 cudaError_t attention_rows(KvView kv, int64_t layer, const float* q, int64_t n, int64_t n_heads, const int32_t* pos0,
                            float* scratch, float* out, cudaStream_t stream, const RowSeq* rows = nullptr);
 
