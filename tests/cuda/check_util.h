@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -61,6 +62,11 @@ bool skip_without_device() {
   std::printf("SKIPPED: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "device count 0");
   return true;
 }
+
+// ONEBIT_CHECK_SMALL set: a checker runs a small set of shapes that still reaches every kernel
+// and launch path, for compute-sanitizer (bench/cuda/sanitize_on_device.sh), which runs kernels
+// many times slower.
+bool small_checks() { return std::getenv("ONEBIT_CHECK_SMALL") != nullptr; }
 
 // cudaFree of every pointer (nullptr allowed).
 template <typename... Ptrs>

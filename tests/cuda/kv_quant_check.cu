@@ -324,6 +324,17 @@ void check_refusals() {
 int main() {
   if (skip_without_device()) return 0;
   check_refusals();
+  if (small_checks()) {  // compute-sanitizer runs: each kernel path once
+    for (KvType t : {KvType::kQ8, KvType::kQ4R}) {
+      check_store(t, 2, 128, 9, 3, 0);
+      check_store(t, 3, 64, 1, 63, 5);
+      check_attention(t, 20, 5, 128, 1024, 1000, 1, 2, 16);
+      check_attention(t, 8, 2, 64, 512, 33, 40, 1, 16);
+      check_attention(t, 4, 2, 16, 64, 10, 5, 1, 0);
+    }
+    std::printf("kv_quant_check (small set): %s\n", failures == 0 ? "PASS" : "FAILED");
+    return failures == 0 ? 0 : 1;
+  }
   for (KvType t : {KvType::kQ8, KvType::kQ4R}) {
     // Stores: head sizes 16..256, several rows, contiguous and paged.
     for (int64_t D : {16, 32, 64, 128, 256}) {

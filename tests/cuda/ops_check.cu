@@ -843,8 +843,49 @@ void check_attention_paged(int64_t H, int64_t Hkv, int64_t D, int64_t n_ctx, int
 
 }  // namespace
 
+// Every kernel and launch path once, on small shapes (small_checks: compute-sanitizer runs).
+void check_small_set() {
+  check_gemm(13, 300, 17);     // one chunk group: one slice
+  check_gemm(640, 2560, 2);    // a small grid: 4 K slices
+  check_gemm(2560, 2560, 512); // 2 slices
+  check_gemm(6912, 2560, 256); // a large grid: one slice
+  check_norm(3, 100);
+  check_norm(3, 2560);
+  for (bool f16 : {false, true}) {
+    check_attention(8, 2, 64, 512, 300, 1, f16);   // decode rows, splits + merge
+    check_attention(20, 5, 128, 512, 100, 37, f16);  // prompt rows (tensor cores for f16)
+    check_attention(4, 2, 16, 64, 10, 5, f16);     // the generic kernel
+  }
+  check_attention(8, 8, 64, 256, 3, 70, true);     // tensor cores, G = 1
+  check_attention(12, 4, 64, 200, 0, 2, true);     // G = 3: the split kernels
+  for (DenseType t : {DenseType::kF32, DenseType::kF16, DenseType::kBF16}) {
+    check_dense(t, 4096, 512, 1);
+    check_dense(t, 257, 65, 3);
+    check_dense(t, 1001, 4096, 2);
+  }
+  check_int8_head(77, 100, 3);
+  check_int8_head(4099, 2560, 64);
+  check_small_ops();
+  check_fused(5, 2560);
+  check_gemv_multi();
+  for (KvType t : {KvType::kF32, KvType::kF16, KvType::kQ8, KvType::kQ4R}) {
+    check_rope_kv(4, 2, 16, 3, t);
+    check_attention_decode(8, 2, 64, 512, 200, t);
+    check_attention_decode(20, 5, 128, 4096, 2047, t);
+    check_attention_multi(8, 2, 64, 64, 3, t);
+    check_attention_multi(16, 2, 64, 256, 0, t, {9, 7, 1});
+    check_attention_paged(8, 2, 64, 512, 16, 33, 40, t);
+    check_attention_paged(8, 2, 64, 512, 5, 200, 1, t);
+  }
+}
+
 int main() {
   if (skip_without_device()) return 0;
+  if (small_checks()) {
+    check_small_set();
+    std::printf("ops_check (small set): %s\n", failures == 0 ? "PASS" : "FAILED");
+    return failures == 0 ? 0 : 1;
+  }
   // GEMM: 2B-4T shapes at prefill/batch sizes, odd shapes, n around the 8/64 tile edges.
   const int64_t shapes[][2] = {{2560, 2560}, {640, 2560}, {6912, 2560}, {2560, 6912}, {8, 64},   {9, 65},
                                {13, 300},    {300, 13},   {100, 4097},  {24, 128},   {1, 1},    {17, 9000}};
