@@ -9,15 +9,7 @@
 # the source folder they were built in (/work/main, or $SRC_DIR for a build made in another
 # worktree); a link makes that folder exist there. $DEVBIN: the packed folder (default .devbin).
 set -uo pipefail
-BIN="$PWD/${DEVBIN:-.devbin}"
-OUT="${OUT:-/tmp/onebit-out}"
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$BIN/lib:${LD_LIBRARY_PATH:-}"
-SRC="${SRC_DIR:-/work/main}"
-if [ "$PWD" != "$SRC" ]; then mkdir -p "$(dirname "$SRC")" && ln -sfn "$PWD" "$SRC"; fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
-status=0
-step() { echo "== $*"; "$@" || { echo "FAILED ($?): $*"; status=1; }; }
+. "$(dirname "$0")/device_env.sh"
 
 [ -z "${SKIP_KERNEL_CHECKS:-}" ] && step timeout 120 "$BIN/test_cuda_ternary_gemv_check" > "$OUT/gemv_check.txt" 2>&1; tail -2 "$OUT/gemv_check.txt"
 [ -z "${SKIP_KERNEL_CHECKS:-}" ] && step timeout 120 "$BIN/test_cuda_ops_check" > "$OUT/ops_check.txt" 2>&1; tail -15 "$OUT/ops_check.txt"

@@ -9,15 +9,7 @@
 # Logs go to $OUT. SRC_DIR: the source folder the test binaries were built in (they read test
 # data there); a link makes it exist.
 set -uo pipefail
-BIN="$PWD/${DEVBIN:-.devbin}"
-OUT="${OUT:-/tmp/onebit-out}"
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$BIN/lib:${LD_LIBRARY_PATH:-}"
-SRC="${SRC_DIR:-/work/main}"
-if [ "$PWD" != "$SRC" ]; then mkdir -p "$(dirname "$SRC")" && ln -sfn "$PWD" "$SRC"; fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
-status=0
-step() { echo "== $*"; "$@" || { echo "FAILED ($?): $*"; status=1; }; }
+. "$(dirname "$0")/device_env.sh"
 
 step timeout 150 "$BIN/test_cuda_kv_quant_check" > "$OUT/kv_quant_check.txt" 2>&1; tail -12 "$OUT/kv_quant_check.txt"
 step timeout 150 "$BIN/test_cuda_ops_check" > "$OUT/ops_check.txt" 2>&1; tail -12 "$OUT/ops_check.txt"

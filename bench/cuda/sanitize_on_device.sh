@@ -9,16 +9,10 @@
 #
 # Everything goes to $OUT/sanitize.txt; the exit status is 0 only if every run was clean and passed.
 set -uo pipefail
-BIN="$PWD/${DEVBIN:-.devbin}"
-OUT="${OUT:-/tmp/onebit-out}"
-mkdir -p "$OUT"
+. "$(dirname "$0")/device_env.sh"
 LOG="$OUT/sanitize.txt"
-export LD_LIBRARY_PATH="$BIN/lib:${LD_LIBRARY_PATH:-}"
-SRC="${SRC_DIR:-/work/main}"
-if [ "$PWD" != "$SRC" ]; then mkdir -p "$(dirname "$SRC")" && ln -sfn "$PWD" "$SRC"; fi
 export ONEBIT_CHECK_SMALL=1
 : > "$LOG"
-status=0
 san() {
   local tool="$1" bin="$2"
   echo "== compute-sanitizer --tool $tool $bin" | tee -a "$LOG"

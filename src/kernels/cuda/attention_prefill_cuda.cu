@@ -287,10 +287,8 @@ __global__ void __launch_bounds__(kPfThreads)
 template <int D>
 cudaError_t launch_prefill(const KvView& kv, int64_t layer, const float* q, int64_t n, int64_t n_heads,
                            const int32_t* pos0, const RowSeq* rows, float* out, cudaStream_t stream) {
-  // More than the default 48 KB of dynamic shared memory for D = 128: opted in once per kernel.
-  static const cudaError_t opt_in =
-      cudaFuncSetAttribute(attention_prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(pf_smem_bytes<D>()));
+  // More than the default 48 KB of dynamic shared memory for D = 128.
+  const cudaError_t opt_in = allow_dynamic_smem(attention_prefill_kernel<D>, pf_smem_bytes<D>());
   if (opt_in != cudaSuccess) return opt_in;
   const int64_t G = n_heads / kv.n_kv_heads, R = kPfVecs / G;
   const dim3 grid(static_cast<unsigned>(kv.n_kv_heads), static_cast<unsigned>((n + R - 1) / R));

@@ -5,6 +5,8 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <mutex>
+#include <unordered_map>
 
 namespace onebit::cuda {
 
@@ -29,6 +31,25 @@ cudaError_t launch_kernel(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 bl
   const cudaError_t e = cudaLaunchKernelEx(&lc, kernel, static_cast<KArgs>(args)...);
   if (e != cudaSuccess) return e;
   return cudaGetLastError();
+}
+
+// Lets `kernel` launch with `bytes` of dynamic shared memory (more than the default 48 KB needs an
+// opt-in): the attribute is set at the first call that needs more than the kernel was given
+// before, so a launcher can call this before every launch and pays for the host call once.
+inline cudaError_t allow_dynamic_smem(const void* kernel, size_t bytes) {
+  static std::mutex mu;
+  static std::unordered_map<const void*, size_t> granted;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = granted.find(kernel);
+  if (it != granted.end() && it->second >= bytes) return cudaSuccess;
+  const cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (e == cudaSuccess) granted[kernel] = bytes;
+  return e;
+}
+template <typename... KArgs>
+cudaError_t allow_dynamic_smem(void (*kernel)(KArgs...), size_t bytes) {
+  return allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
 }
 
 }  // namespace onebit::cuda

@@ -822,6 +822,118 @@ struct KvVec<4> {
   }
 };
 
+// The online-softmax step of a 128-key tile shared by the fast kernels (one key a thread, sc[g] =
+// its raw score for head g, valid = the key is in range): the G tile maxima and sums in one
+// reduction each, p = exp(s - m_new) into ps, and thread g < G updates the running max, sum and
+// the correction of head g. Ends past a barrier: ps, corr, mrun and lrun are ready.
+template <int kWarps>
+__device__ __forceinline__ void attn_tile_softmax(float (&sc)[kAttnMaxG], bool valid, float scale, int G, int lane,
+                                                  int warp, int tid, float (*redm)[kWarps], float (*reds)[kWarps],
+                                                  float (*ps)[kAttnThreads], float* mrun, float* lrun,
+                                                  float* corr) {
+  // Tile maxima of the G heads in one reduction.
+#pragma unroll
+  for (int g = 0; g < kAttnMaxG; ++g) {
+    sc[g] = valid ? sc[g] * scale : -INFINITY;
+    const float m = warp_max(sc[g]);
+    if (g < G && lane == 0) redm[g][warp] = m;
+  }
+  __syncthreads();
+  // The new running maximum of head g (every thread computes it the same way; thread g again
+  // below, from the same values, rather than indexing a register array with its thread id).
+  auto new_max = [&](int g) {
+    float m = mrun[g];
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, redm[g][w]);
+    return m;
+  };
+#pragma unroll
+  for (int g = 0; g < kAttnMaxG; ++g) {
+    const float p = (g < G && valid) ? expf(sc[g] - new_max(g)) : 0.0f;
+    if (g < G) ps[g][tid] = p;
+    const float su = warp_sum(p);
+    if (g < G && lane == 0) reds[g][warp] = su;
+  }
+  __syncthreads();
+  if (tid < G) {
+    float su = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) su += reds[tid][w];
+    const float mn = new_max(tid);
+    corr[tid] = expf(mrun[tid] - mn);  // 0 on the first tile (exp(-inf))
+    lrun[tid] = lrun[tid] * corr[tid] + su;
+    mrun[tid] = mn;
+  }
+  __syncthreads();
+}
+
+// acc of head g times the tile's correction of the running sums.
+template <int DPL>
+__device__ __forceinline__ void attn_rescale(float (&acc)[kAttnMaxG][DPL], const float* corr, int G) {
+#pragma unroll
+  for (int g = 0; g < kAttnMaxG; ++g)
+    if (g < G) {
+      const float c = corr[g];
+#pragma unroll
+      for (int d = 0; d < DPL; ++d) acc[g][d] *= c;
+    }
+}
+
+// The end of the fast kernels: the 4 warps' partial P.V added in warp 0 (warps 1.. through
+// shared memory `part`); with one split the normalized output of head g, dim e goes to dst[e]
+// (e = g * D + dim), else the split's partial record (m, l, acc) to the scratch.
+template <int DPL, int kWarps>
+__device__ __forceinline__ void attn_finish(const float (&acc)[kAttnMaxG][DPL], float (*part)[1024], int G, int lane,
+                                            int warp, int splits, int split, int64_t i, int n_heads, int h0,
+                                            const float* mrun, const float* lrun, float* __restrict__ scratch,
+                                            float* dst) {
+  constexpr int D = 32 * DPL;
+  if (warp > 0) {
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g)
+      if (g < G)
+#pragma unroll
+        for (int d = 0; d < DPL; ++d) part[warp - 1][g * D + lane * DPL + d] = acc[g][d];
+  }
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int g = 0; g < kAttnMaxG; ++g) {
+    if (g >= G) continue;
+#pragma unroll
+    for (int d = 0; d < DPL; ++d) {
+      const int e = g * D + lane * DPL + d;
+      float a = acc[g][d];
+#pragma unroll
+      for (int w = 0; w < kWarps - 1; ++w) a += part[w][e];
+      if (splits == 1) {
+        dst[e] = a / lrun[g];
+      } else {
+        float* p = scratch + ((i * n_heads + h0 + g) * splits + split) * (2 + D);
+        p[2 + lane * DPL + d] = a;
+        if (lane == 0 && d == 0) {
+          p[0] = mrun[g];
+          p[1] = lrun[g];
+        }
+      }
+    }
+  }
+}
+
+// The G query heads of a decode row (q: the first head's first value, heads consecutive) rotated
+// with the position's cos/sin rows ct, st into shared memory qs, q itself left as it is (the fast
+// kernels' decode path).
+template <int D>
+__device__ __forceinline__ void rope_q_heads(const float* q, int G, const float* ct, const float* st, float* qs) {
+  constexpr int half = D / 2;
+  for (int e = threadIdx.x; e < G * D; e += kAttnThreads) {
+    const float* qh = q + (e / D) * D;
+    const int d = e % D, j = d < half ? d : d - half;
+    const float a = qh[j], b = qh[j + half];
+    qs[e] = d < half ? rope_lo(a, b, ct[j], st[j]) : rope_hi(a, b, ct[j], st[j]);
+  }
+}
+
 // Decode extras of the fast kernel (each row the only new row of its sequence): with `k` set, q is
 // rotated here (left as it is in memory) and the split that holds the new position rotates k and
 // stores k, v into the cache before reading it.
@@ -923,12 +1035,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     const int pos = n_keys - 1;
     const float* ct = fuse.cos_t + static_cast<int64_t>(pos) * half;
     const float* st = fuse.sin_t + static_cast<int64_t>(pos) * half;
-    for (int e = tid; e < G * D; e += kAttnThreads) {
-      const float* qh = q + (static_cast<int64_t>(i) * n_heads + h0 + e / D) * D;
-      const int d = e % D, j = d < half ? d : d - half;
-      const float a = qh[j], b = qh[j + half];
-      qs[e] = d < half ? rope_lo(a, b, ct[j], st[j]) : rope_hi(a, b, ct[j], st[j]);
-    }
+    rope_q_heads<D>(q + (static_cast<int64_t>(i) * n_heads + h0) * D, G, ct, st, qs);
     if (k0 <= pos && pos < k1) {  // the split holding the new key writes it (and v) first
       const float* kh = fuse.k + (static_cast<int64_t>(i) * kv.n_kv_heads + hk) * D;
       const float* vh = fuse.v + (static_cast<int64_t>(i) * kv.n_kv_heads + hk) * D;
@@ -1019,48 +1126,9 @@ __global__ void __launch_bounds__(kAttnThreads)
         }
       }
     }
-    // Tile maxima of the G heads in one reduction.
-#pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g) {
-      sc[g] = key < k1 ? sc[g] * scale : -INFINITY;
-      const float m = warp_max(sc[g]);
-      if (g < G && lane == 0) redm[g][warp] = m;
-    }
-    __syncthreads();
-    // The new running maximum of head g (every thread computes it the same way; thread g again
-    // below, from the same values, rather than indexing a register array with its thread id).
-    auto new_max = [&](int g) {
-      float m = mrun[g];
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, redm[g][w]);
-      return m;
-    };
-#pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g) {
-      const float p = (g < G && key < k1) ? expf(sc[g] - new_max(g)) : 0.0f;
-      if (g < G) ps[g][tid] = p;
-      const float su = warp_sum(p);
-      if (g < G && lane == 0) reds[g][warp] = su;
-    }
-    __syncthreads();
-    if (tid < G) {
-      float su = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) su += reds[tid][w];
-      const float mn = new_max(tid);
-      corr[tid] = expf(mrun[tid] - mn);  // 0 on the first tile (exp(-inf))
-      lrun[tid] = lrun[tid] * corr[tid] + su;
-      mrun[tid] = mn;
-    }
-    __syncthreads();
+    attn_tile_softmax<kWarps>(sc, key < k1, scale, G, lane, warp, tid, redm, reds, ps, mrun, lrun, corr);
+    attn_rescale(acc, corr, G);
     const int nk = min(kAttnThreads, k1 - t0);
-#pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g)
-      if (g < G) {
-        const float c = corr[g];
-#pragma unroll
-        for (int d = 0; d < DPL; ++d) acc[g][d] *= c;
-      }
 #pragma unroll 4
     for (int j = warp; j < nk; j += kWarps) {
       float vv[DPL];
@@ -1079,37 +1147,8 @@ __global__ void __launch_bounds__(kAttnThreads)
     __syncthreads();  // ps, corr rewritten by the next tile
   }
   // Sum the warps' partial P.V (warps 1.. through shared memory, into warp 0).
-  if (warp > 0) {
-#pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g)
-      if (g < G)
-#pragma unroll
-        for (int d = 0; d < DPL; ++d) part[warp - 1][g * D + lane * DPL + d] = acc[g][d];
-  }
-  __syncthreads();
-  if (warp == 0) {
-#pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g) {
-      if (g >= G) continue;
-#pragma unroll
-      for (int d = 0; d < DPL; ++d) {
-        const int e = g * D + lane * DPL + d;
-        float a = acc[g][d];
-#pragma unroll
-        for (int w = 0; w < kWarps - 1; ++w) a += part[w][e];
-        if (splits == 1) {
-          out[(static_cast<int64_t>(i) * n_heads + h0) * D + e] = a / lrun[g];
-        } else {
-          float* p = scratch + ((static_cast<int64_t>(i) * n_heads + h0 + g) * splits + split) * (2 + D);
-          p[2 + lane * DPL + d] = a;
-          if (lane == 0 && d == 0) {
-            p[0] = mrun[g];
-            p[1] = lrun[g];
-          }
-        }
-      }
-    }
-  }
+  attn_finish<DPL, kWarps>(acc, part, G, lane, warp, splits, split, i, n_heads, h0, mrun, lrun, scratch,
+                           out + (static_cast<int64_t>(i) * n_heads + h0) * D);
 }
 
 // ---- attention over q8 / q4r caches (head_dim D = 64 or 128) ----
@@ -1211,12 +1250,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     const int pos = n_keys - 1;
     const float* ct = fuse.cos_t + static_cast<int64_t>(pos) * half;
     const float* st = fuse.sin_t + static_cast<int64_t>(pos) * half;
-    for (int e = tid; e < G * D; e += kAttnThreads) {
-      const float* qh = q + (static_cast<int64_t>(i) * n_heads + h0 + e / D) * D;
-      const int d = e % D, j = d < half ? d : d - half;
-      const float a = qh[j], b = qh[j + half];
-      qs[e] = d < half ? rope_lo(a, b, ct[j], st[j]) : rope_hi(a, b, ct[j], st[j]);
-    }
+    rope_q_heads<D>(q + (static_cast<int64_t>(i) * n_heads + h0) * D, G, ct, st, qs);
     if (k0 <= pos && pos < k1 && warp < 2) {  // the split holding the new key: warp 0 stores k, warp 1 v
       float x[kQuantRegs];
 #pragma unroll
@@ -1334,45 +1368,9 @@ __global__ void __launch_bounds__(kAttnThreads)
         }
       }
     }
-#pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g) {
-      sc[g] = key < k1 ? sc[g] * scale : -INFINITY;
-      const float m = warp_max(sc[g]);
-      if (g < G && lane == 0) redm[g][warp] = m;
-    }
-    __syncthreads();
-    auto new_max = [&](int g) {
-      float m = mrun[g];
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, redm[g][w]);
-      return m;
-    };
-#pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g) {
-      const float p = (g < G && key < k1) ? expf(sc[g] - new_max(g)) : 0.0f;
-      if (g < G) ps[g][tid] = p;
-      const float su = warp_sum(p);
-      if (g < G && lane == 0) reds[g][warp] = su;
-    }
-    __syncthreads();
-    if (tid < G) {
-      float su = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) su += reds[tid][w];
-      const float mn = new_max(tid);
-      corr[tid] = expf(mrun[tid] - mn);
-      lrun[tid] = lrun[tid] * corr[tid] + su;
-      mrun[tid] = mn;
-    }
-    __syncthreads();
+    attn_tile_softmax<kWarps>(sc, key < k1, scale, G, lane, warp, tid, redm, reds, ps, mrun, lrun, corr);
+    attn_rescale(acc, corr, G);
     const int nk = min(kAttnThreads, k1 - t0);
-#pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g)
-      if (g < G) {
-        const float c = corr[g];
-#pragma unroll
-        for (int d = 0; d < DPL; ++d) acc[g][d] *= c;
-      }
 #pragma unroll 4
     for (int j = warp; j < nk; j += kWarps) {
       const uint32_t u = Vs[j * RS + v_word];
@@ -1391,40 +1389,9 @@ __global__ void __launch_bounds__(kAttnThreads)
     }
     __syncthreads();  // ps, corr and the stage rewritten by the next tile
   }
-  if (warp > 0) {
-#pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g)
-      if (g < G)
-#pragma unroll
-        for (int d = 0; d < DPL; ++d) part[warp - 1][g * D + lane * DPL + d] = acc[g][d];
-  }
-  __syncthreads();
-  if (warp == 0) {
-#pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g) {
-      if (g >= G) continue;
-#pragma unroll
-      for (int d = 0; d < DPL; ++d) {
-        const int e = g * D + lane * DPL + d;
-        float a = acc[g][d];
-#pragma unroll
-        for (int w = 0; w < kWarps - 1; ++w) a += part[w][e];
-        if (splits == 1) {
-          if constexpr (kT == KvType::kQ4R)
-            qs[e] = a / lrun[g];
-          else
-            out[(static_cast<int64_t>(i) * n_heads + h0) * D + e] = a / lrun[g];
-        } else {
-          float* p = scratch + ((static_cast<int64_t>(i) * n_heads + h0 + g) * splits + split) * (2 + D);
-          p[2 + lane * DPL + d] = a;
-          if (lane == 0 && d == 0) {
-            p[0] = mrun[g];
-            p[1] = lrun[g];
-          }
-        }
-      }
-    }
-  }
+  // With q4r and one split the output is still rotated: into qs, rotated back below.
+  attn_finish<DPL, kWarps>(acc, part, G, lane, warp, splits, split, i, n_heads, h0, mrun, lrun, scratch,
+                           kT == KvType::kQ4R ? qs : out + (static_cast<int64_t>(i) * n_heads + h0) * D);
   if constexpr (kT == KvType::kQ4R) {
     if (splits == 1) {  // the weighted sum of the H v: rotate it back
       __syncthreads();
@@ -1954,19 +1921,12 @@ cudaError_t rope_kv_store_rows(float* q, float* k, const float* v, int64_t n, in
 
 namespace {
 // K slices per GEMM block (gemm_kernel): enough blocks x warps to fill the SMs, each slice still
-// with at least 4 chunks. ONEBIT_CUDA_GEMM_SLICES=1|2|4 fixes it (read once). The kernels' shared
-// memory opt-in (over 48 KB with 4 slices) is made once.
+// with at least 4 chunks. ONEBIT_CUDA_GEMM_SLICES=1|2|4 fixes it (read once).
 int gemm_slices(int64_t blocks, int K) {
   static const int forced = [] {
     const char* e = std::getenv("ONEBIT_CUDA_GEMM_SLICES");
     const int v = e != nullptr ? std::atoi(e) : 0;
     return v == 1 || v == 2 || v == 4 ? v : 0;
-  }();
-  static const bool opted_in = [] {
-    return cudaFuncSetAttribute(gemm_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                static_cast<int>(gemm_smem_bytes(4))) == cudaSuccess &&
-           cudaFuncSetAttribute(gemm_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                static_cast<int>(gemm_smem_bytes(2))) == cudaSuccess;
   }();
   int s = forced;
   if (s == 0) {
@@ -1974,7 +1934,6 @@ int gemm_slices(int64_t blocks, int K) {
     s = blocks < sms ? 4 : (blocks < 3 * sms ? 2 : 1);
   }
   while (s > 1 && K < 4 * s) s /= 2;
-  if (!opted_in) s = 1;
   return s;
 }
 }  // namespace
@@ -1990,6 +1949,8 @@ cudaError_t ternary_gemm(const uint8_t* w, const float* row_scale, int64_t rows,
   const int K = static_cast<int>(cuda_chunks(cols));
   const int slices = gemm_slices(static_cast<int64_t>(grid.x) * grid.y, K);
   auto go = [&](auto kernel, int s) -> cudaError_t {
+    const cudaError_t e = allow_dynamic_smem(kernel, gemm_smem_bytes(s));  // 4 slices: over 48 KB
+    if (e != cudaSuccess) return e;
     return launch_smem(kernel, grid, dim3(32 * kGemmWarps * s), gemm_smem_bytes(s), stream,
                        reinterpret_cast<const uint4*>(w), row_scale, static_cast<int>(rows), groups, K, q.codes,
                        q.stride, q.scales, q.sums, static_cast<int>(n), y);
@@ -2047,8 +2008,7 @@ cudaError_t launch_attention_fast(const KvView& kv, int64_t layer, const float* 
   // fp16 caches stage K/V tiles in shared memory (more than the default 48 KB: opted in once).
   auto go = [&](auto kernel, size_t smem) -> cudaError_t {
     if (smem > 0) {
-      const cudaError_t e =
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      const cudaError_t e = allow_dynamic_smem(kernel, smem);
       if (e != cudaSuccess) return e;
     }
     return launch_smem(kernel, grid, dim3(kAttnThreads), smem, stream, kv, layer, q, static_cast<int>(n_heads),
@@ -2197,8 +2157,7 @@ cudaError_t dense_gemv(const void* w, DenseType type, int64_t rows, int64_t cols
       const dim3 grid(static_cast<unsigned>((rows + per_block - 1) / per_block)), block(32 * (kStreamWarps + 1));
       const size_t smem = static_cast<size_t>(stages) * stage_bytes;
       auto go = [&](auto kernel, const auto* wt) -> cudaError_t {
-        const cudaError_t a = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   static_cast<int>(smem));
+        const cudaError_t a = allow_dynamic_smem(kernel, smem);
         if (a != cudaSuccess) return a;
         return launch_smem(kernel, grid, block, smem, stream, wt, rows, c, per_block, stages, x, logits);
       };
