@@ -14,6 +14,8 @@ set -uo pipefail
 [ -z "${SKIP_KERNEL_CHECKS:-}" ] && step timeout 120 "$BIN/test_cuda_ternary_gemv_check" > "$OUT/gemv_check.txt" 2>&1; tail -2 "$OUT/gemv_check.txt"
 [ -z "${SKIP_KERNEL_CHECKS:-}" ] && step timeout 120 "$BIN/test_cuda_ops_check" > "$OUT/ops_check.txt" 2>&1; tail -15 "$OUT/ops_check.txt"
 [ -z "${SKIP_KERNEL_CHECKS:-}" ] && step timeout 120 "$BIN/test_cuda_fused_gemv_check" > "$OUT/fused_gemv_check.txt" 2>&1; tail -8 "$OUT/fused_gemv_check.txt"
+[ -z "${SKIP_KERNEL_CHECKS:-}" ] && step timeout 150 "$BIN/test_cuda_kv_quant_check" > "$OUT/kv_quant_check.txt" 2>&1; tail -2 "$OUT/kv_quant_check.txt"
+[ -z "${SKIP_KERNEL_CHECKS:-}" ] && step timeout 150 "$BIN/test_cuda_sample_check" > "$OUT/sample_check.txt" 2>&1; tail -2 "$OUT/sample_check.txt"
 step timeout "${TEST_TIMEOUT:-300}" "$BIN/test_engine" --gtest_filter='CudaEngine.*:Golden.EveryGoldenCuda' \
   >> "$OUT/engine.txt" 2>&1
 grep -E "^\[(golden|cuda vs cpu)\]|OK \]|FAILED|Failure|error|^==" "$OUT/engine.txt" | tail -60

@@ -11,7 +11,7 @@ D="${DEVBIN:-.devbin}"
 case "$D" in .devbin*) ;; *) echo "DEVBIN must be a .devbin* folder (ignored by git)" >&2; exit 2 ;; esac
 rm -rf "$D" && mkdir -p "$D/lib"
 for b in 1bit tests/test_engine tests/test_cuda_ops_check tests/test_cuda_ternary_gemv_check tests/test_cuda_fused_gemv_check \
-         tests/test_cuda_kv_quant_check; do
+         tests/test_cuda_kv_quant_check tests/test_cuda_sample_check; do
   strip -o "$D/$(basename "$b")" "$B/$b"
 done
 for lib in libfmt.so.9 libpcre2-8.so.0 libcudart.so.13; do

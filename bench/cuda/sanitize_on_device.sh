@@ -25,5 +25,5 @@ san() {
   fi
 }
 for tool in memcheck racecheck synccheck; do san "$tool" test_cuda_ops_check; done
-for b in test_cuda_kv_quant_check test_cuda_fused_gemv_check; do san memcheck "$b"; done
+for b in test_cuda_kv_quant_check test_cuda_sample_check test_cuda_fused_gemv_check; do san memcheck "$b"; done
 exit $status

@@ -5,7 +5,8 @@
 //
 //  - ppP: one batched prefill of P random token ids into an empty session; tokens/s = P / time.
 //  - tgN: after an untimed prompt of --depth random ids (default 16), N single-token decode steps, each
-//    feeding back the argmax of the previous logits; tokens/s = N / time.
+//    feeding back the token drawn from the previous logits (Session::decode_sample: greedy by default,
+//    or --temp / --top-k / --top-p; on the GPU only the id comes back); tokens/s = N / time.
 //  Each is repeated r times (after one untimed warm-up pass); median, min and max are reported.
 //  - Memory read bandwidth, measured in the same run: threads streaming a buffer of
 //    max(1 GiB, 4 x LLC), best of a few passes (membw.h); with --device cuda the GPU's
@@ -50,6 +51,10 @@ struct BenchOptions {
   int reps = 5;
   int64_t depth = 16;  // tokens in the KV cache before the tg steps
   int64_t batch = 1;   // sequences decoding together in tg
+  float temp = 0.0f;   // tg's sampling settings (0 = greedy)
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  bool host_sample = false;  // tg: logits to the host and the Sampler there (the path before device sampling)
   bool json = false;
   bool no_membw = false;
 };
@@ -68,10 +73,6 @@ Stats summarize(std::vector<double> runs) {
   s.max = runs.back();
   s.median = n % 2 ? runs[n / 2] : 0.5 * (runs[n / 2 - 1] + runs[n / 2]);
   return s;
-}
-
-int32_t argmax(std::span<const float> v) {
-  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
 // Bytes of the LM head as the model stores it (the tied embedding when there is no output.weight).
@@ -94,6 +95,7 @@ int run_bench(const BenchOptions& o) {
   const Device device = device_from_name(o.engine.device);
   if (o.n_prompt < 0 || o.n_gen < 0) fail("-p and -n must be >= 0, got {} and {}", o.n_prompt, o.n_gen);
   if (o.n_prompt == 0 && o.n_gen == 0) fail("nothing to measure: -p and -n are both 0");
+  if (o.host_sample && o.batch > 1) fail("--host-sample is for single-sequence tg (-b 1), got -b {}", o.batch);
   if (o.reps < 1) fail("-r must be >= 1, got {}", o.reps);
   const std::string path = o.model.empty() ? default_model_path() : o.model;
 
@@ -144,6 +146,15 @@ int run_bench(const BenchOptions& o) {
     session->decode(ids);
     return static_cast<double>(o.n_prompt) / seconds_since(t0);
   };
+  // tg's sampling settings; sequence b gets seed b, so runs are repeatable.
+  auto sampling = [&](size_t b) {
+    SamplingParams sp;
+    sp.temperature = o.temp;
+    sp.top_k = o.top_k;
+    sp.top_p = o.top_p;
+    sp.seed = b;
+    return sp;
+  };
   // --batch B > 1: B sessions decode together through Engine::decode_batch (continuous batching);
   // tokens/s counts all sequences' tokens.
   std::vector<std::unique_ptr<Session>> extra;
@@ -158,16 +169,21 @@ int run_bench(const BenchOptions& o) {
       prompts.push_back(random_ids(o.depth));
     }
     for (size_t b = 0; b < ss.size(); ++b) items.push_back({ss[b], prompts[b], {}});
-    // Greedy: the engine picks each next token where the logits are (on the GPU for CUDA).
-    engine->decode_batch(items, BatchOutput::kArgmax);
+    // The engine picks each next token where the logits are (on the GPU for CUDA): the argmax, or
+    // with --temp each sequence's own sampler draws it.
+    std::vector<Sampler> samplers;
+    for (size_t b = 0; b < ss.size(); ++b) samplers.emplace_back(sampling(b), engine->n_vocab());
+    const BatchOutput how = o.temp > 0.0f ? BatchOutput::kSample : BatchOutput::kArgmax;
+    for (size_t b = 0; b < ss.size(); ++b) items[b].sampler = &samplers[b];
+    engine->decode_batch(items, how);
     std::vector<int32_t> next(ss.size());
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < o.n_gen; ++i) {
       for (size_t b = 0; b < ss.size(); ++b) {
-        next[b] = items[b].argmax;
+        next[b] = how == BatchOutput::kSample ? items[b].token : items[b].argmax;
         items[b].tokens = std::span(&next[b], 1);
       }
-      engine->decode_batch(items, BatchOutput::kArgmax);
+      engine->decode_batch(items, how);
     }
     return static_cast<double>(o.n_gen * o.batch) / seconds_since(t0);
   };
@@ -175,11 +191,15 @@ int run_bench(const BenchOptions& o) {
     if (o.batch > 1) return tg_batch_once();
     const std::vector<int32_t> ids = random_ids(o.depth);
     session->reset();
-    std::span<const float> logits = session->decode(ids);
+    Sampler sampler(sampling(0), engine->n_vocab());
+    auto step = [&](std::span<const int32_t> t) {
+      return o.host_sample ? sampler.sample(session->decode(t), {}) : session->decode_sample(t, sampler);
+    };
+    int32_t next = step(ids);
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < o.n_gen; ++i) {
-      const int32_t next = argmax(logits);
-      logits = session->decode(std::span(&next, 1));
+      const int32_t fed = next;
+      next = step(std::span(&fed, 1));
     }
     return static_cast<double>(o.n_gen) / seconds_since(t0);
   };
@@ -275,6 +295,11 @@ const CommandRegistrar kBench{{
       app.add_option("-b,--batch", o->batch,
                      "Sequences decoding together in tg (Engine::decode_batch); tokens/s counts them all")
           ->capture_default_str();
+      app.add_option("--temp", o->temp, "tg: sampling temperature (0 = greedy)")->capture_default_str();
+      app.add_option("--top-k", o->top_k, "tg: keep the k most likely tokens (0 = off)")->capture_default_str();
+      app.add_option("--top-p", o->top_p, "tg: nucleus sampling mass (1 = off)")->capture_default_str();
+      app.add_flag("--host-sample", o->host_sample,
+                   "tg: copy every step's logits to the host and sample there (for comparison; -b 1)");
       app.add_flag("--no-membw", o->no_membw, "Skip the memory bandwidth measurement");
       app.add_flag("--json", o->json, "Print the results as one JSON object");
       return [o] { return run_bench(*o); };

@@ -209,7 +209,8 @@ int run_chat(const ChatOptions& o) {
     session->truncate(static_cast<int64_t>(keep));
     cached.resize(keep);
     const auto t_prompt = std::chrono::steady_clock::now();
-    std::span<const float> logits = session->decode(std::span(ids).subspan(keep));
+    // decode_sample draws each token where the logits are (on the GPU with --device cuda).
+    int32_t next = session->decode_sample(std::span(ids).subspan(keep), sampler, ids);
     cached = ids;
     const double prompt_s = seconds_since(t_prompt);
 
@@ -224,7 +225,6 @@ int run_chat(const ChatOptions& o) {
         why = "interrupted";
         break;
       }
-      const int32_t next = sampler.sample(logits, cached);
       if (is_stop(next)) {
         why = "end of turn";
         break;
@@ -238,8 +238,9 @@ int run_chat(const ChatOptions& o) {
         why = "context full";
         break;
       }
-      logits = session->decode(std::span(&next, 1));
-      cached.push_back(next);
+      const int32_t fed = next;
+      cached.push_back(fed);
+      next = session->decode_sample(std::span(&fed, 1), sampler, cached);
     }
     const std::string tail = dec.flush();
     answer += tail;

@@ -84,8 +84,14 @@ int run(const RunOptions& o) {
                  seconds_since(t_load), std::string(engine->backend_name()).c_str(),
                  static_cast<int>(engine->n_ctx()), static_cast<unsigned long long>(sampler.seed()));
 
+  // decode_sample: the next token is drawn where the logits are (on the GPU with --device cuda, so
+  // only its id comes back), with the sampler's own random numbers: the same stream as on the CPU.
   auto t_prompt = std::chrono::steady_clock::now();
-  std::span<const float> logits = session->decode(ids);
+  int32_t next = -1;
+  if (o.n_predict > 0)
+    next = session->decode_sample(ids, sampler, ids);
+  else
+    session->decode(ids);
   const double prompt_s = seconds_since(t_prompt);
 
   StreamDecoder dec(tok, /*skip_special=*/true);
@@ -94,7 +100,6 @@ int run(const RunOptions& o) {
   const char* why = "token limit";
   auto t_gen = std::chrono::steady_clock::now();
   while (generated < o.n_predict) {
-    const int32_t next = sampler.sample(logits, history);
     if (is_stop(next)) {
       why = "end of sequence";
       break;
@@ -107,7 +112,8 @@ int run(const RunOptions& o) {
       why = "context full";
       break;
     }
-    logits = session->decode(std::span(&next, 1));
+    const int32_t fed = next;
+    next = session->decode_sample(std::span(&fed, 1), sampler, history);
   }
   emit(dec.flush());
   emit("\n");

@@ -123,6 +123,18 @@ struct SeqRows {
   int64_t n = 0;
 };
 
+// One row's settings for Backend::lm_head_sample: the part of a Sampler's chain a device runs
+// (Sampler::device_chain(): temperature, top_k, top_p, min_p as in SamplingParams) and the uniform
+// number in [0, 1) the Sampler drew for this step (Sampler::draw; 0 when greedy). 24 bytes, the
+// layout of cuda::SampleParams (kernels/cuda/sample_cuda.h).
+struct SampleRow {
+  float temperature = 1.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  double u = 0.0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -279,6 +291,14 @@ class Backend {
   // index among equal maxima); `ids` is HOST memory [n]. Greedy decoding without moving the logits:
   // a GPU backend computes it on the device. The default runs lm_head into host memory.
   virtual void lm_head_argmax(WeightHandle w, const float* x, int64_t n, int32_t* ids);
+  // Whether lm_head_sample works: the backend draws tokens where the logits are (CUDA).
+  virtual bool samples_on_device() const { return false; }
+  // ids[i] = the token drawn from logit row i of lm_head(w, x, n) with rows[i] (SampleRow: the
+  // host Sampler's chain restricted to temperature / top-k / top-p / min-p, with the Sampler's own
+  // uniform draw), or -1 for a row holding a NaN or +inf or only -inf. `rows` and `ids` are HOST
+  // memory from alloc_host; a recorded pass reads `rows` when it is replayed, so the caller fills
+  // them before every pass. The default throws Error: the engine then samples logits on the host.
+  virtual void lm_head_sample(WeightHandle w, const float* x, int64_t n, const SampleRow* rows, int32_t* ids);
 
   // ---- a whole decode layer (optional) ----
   // The weights of one BitNet layer and the activation buffers of a pass (BitnetGraph).

@@ -47,6 +47,10 @@ void Backend::lm_head_argmax(WeightHandle w, const float* x, int64_t n, int32_t*
   }
 }
 
+void Backend::lm_head_sample(WeightHandle, const float*, int64_t, const SampleRow*, int32_t*) {
+  fail("the {} backend does not sample on the device (the engine samples its logits on the host)", name());
+}
+
 void Backend::decode_layer(const LayerWeights&, int64_t, const LayerBuffers&, std::span<const SeqRows>, int64_t,
                            float) {
   fail("the {} backend has no fused decode layer", name());
@@ -100,23 +104,25 @@ BitnetGraph::BitnetGraph(Backend& be, const Model& m, int64_t n_ctx, LmHead lm_h
 }
 
 void BitnetGraph::forward(GraphState& st, const KvCacheView& kv, std::span<const int32_t> tokens, int64_t pos0,
-                          bool all_logits, float* logits, float* hidden_out) {
+                          bool all_logits, float* logits, float* hidden_out, int32_t* ids, const SampleRow* sample) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n <= 0 || n > st.n_batch_) fail("forward: {} tokens for a batch of at most {}", n, st.n_batch_);
+  if (ids != nullptr && (logits != nullptr || all_logits)) fail("forward: token ids and logits asked for together");
   Backend& be = be_;
   const SeqRows one{&kv, pos0, n};
   be.begin_forward_multi(tokens, std::span(&one, 1));  // with the KV view (a GPU copies its block table)
-  auto ops = [&] { run_ops(st, kv, tokens, pos0, all_logits, logits, hidden_out); };
+  auto ops = [&] { run_ops(st, kv, tokens, pos0, all_logits, logits, hidden_out, ids, sample); };
   // One-token steps (decode) may be recorded and replayed (CUDA graphs); hidden-state reads are rare.
+  // The ids buffer differs from every logits buffer, so a step that samples is a recording of its own.
   if (n == 1 && hidden_out == nullptr)
-    be.run_cached(Backend::ReplayKey{&st, logits, n, all_logits}, ops);
+    be.run_cached(Backend::ReplayKey{&st, ids != nullptr ? static_cast<const void*>(ids) : logits, n, all_logits}, ops);
   else
     ops();
   be.end_forward();
 }
 
 void BitnetGraph::run_ops(GraphState& st, const KvCacheView& kv, std::span<const int32_t> tokens, int64_t pos0,
-                          bool all_logits, float* logits, float* hidden_out) {
+                          bool all_logits, float* logits, float* hidden_out, int32_t* ids, const SampleRow* sample) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t hidden = c_.hidden_size;
   const float eps = static_cast<float>(c_.rms_norm_eps);
@@ -126,6 +132,14 @@ void BitnetGraph::run_ops(GraphState& st, const KvCacheView& kv, std::span<const
   if (hidden_out != nullptr) {
     be.rmsnorm(st.x_, output_norm_, n, eps, st.tmp_);
     be.download(st.tmp_, hidden_out, static_cast<size_t>(n * c_.hidden_size) * sizeof(float));
+  }
+  if (ids != nullptr) {
+    be.rmsnorm(st.x_ + (n - 1) * hidden, output_norm_, 1, eps, st.tmp_);
+    if (sample != nullptr)
+      be.lm_head_sample(output_, st.tmp_, 1, sample, ids);
+    else
+      be.lm_head_argmax(output_, st.tmp_, 1, ids);
+    return;
   }
   if (logits == nullptr) return;
   if (all_logits) {
@@ -138,7 +152,8 @@ void BitnetGraph::run_ops(GraphState& st, const KvCacheView& kv, std::span<const
 }
 
 void BitnetGraph::forward_multi(GraphState& scratch, std::span<const int32_t> tokens, std::span<const SeqRows> seqs,
-                                std::span<const int64_t> logit_rows, float* logits, int32_t* argmax) {
+                                std::span<const int64_t> logit_rows, float* logits, int32_t* argmax,
+                                const SampleRow* sample) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n <= 0 || n > scratch.n_batch_) fail("forward: {} tokens for a batch of at most {}", n, scratch.n_batch_);
   int64_t total = 0;
@@ -171,7 +186,9 @@ void BitnetGraph::forward_multi(GraphState& scratch, std::span<const int32_t> to
         be.rmsnorm(scratch.x_ + r * hidden, output_norm_, 1, eps, scratch.tmp_ + j * hidden);
       }
     }
-    if (m > 0 && argmax != nullptr)
+    if (m > 0 && argmax != nullptr && sample != nullptr)
+      be.lm_head_sample(output_, scratch.tmp_, m, sample, argmax);
+    else if (m > 0 && argmax != nullptr)
       be.lm_head_argmax(output_, scratch.tmp_, m, argmax);
     else if (m > 0)
       be.lm_head(output_, scratch.tmp_, m, logits);

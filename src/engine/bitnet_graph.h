@@ -57,9 +57,12 @@ class BitnetGraph {
   // writes into host memory `logits` the logits of every row ([n][vocab]) when all_logits, else
   // of the last row only ([vocab]); logits == nullptr skips the LM head. The caller checks
   // pos0 + n <= n_ctx. With `hidden` != nullptr, also writes to that host memory the final-normed
-  // hidden state of every row ([n][hidden_size], what the LM head multiplies).
+  // hidden state of every row ([n][hidden_size], what the LM head multiplies). With `ids` (host
+  // memory from Backend::alloc_host, [1]; logits nullptr, all_logits false) the last row's next
+  // token is written there instead of logits: its argmax, or with `sample` (host memory from
+  // alloc_host, read when the pass runs) the token Backend::lm_head_sample draws.
   void forward(GraphState& st, const KvCacheView& kv, std::span<const int32_t> tokens, int64_t pos0, bool all_logits,
-               float* logits, float* hidden = nullptr);
+               float* logits, float* hidden = nullptr, int32_t* ids = nullptr, const SampleRow* sample = nullptr);
 
   // Rows [r0, r0 + n) of one pass that belong to one sequence: its KV cache and first position.
   using SeqRows = onebit::SeqRows;  // backend.h
@@ -70,13 +73,16 @@ class BitnetGraph {
   // `logit_rows` ([logit_rows.size()][vocab]). Per row the arithmetic is that of forward(), so each
   // sequence gets the same logits as alone. Backends without supports_multi_sequence() take one
   // sequence per pass. With `argmax` (host memory, [logit_rows.size()]) only the index of each
-  // listed row's largest logit is written there (Backend::lm_head_argmax) and `logits` is unused.
+  // listed row's largest logit is written there (Backend::lm_head_argmax) and `logits` is unused;
+  // with `sample` too ([logit_rows.size()], host memory from alloc_host) the token drawn with each
+  // row's settings (Backend::lm_head_sample) instead of the argmax.
   void forward_multi(GraphState& scratch, std::span<const int32_t> tokens, std::span<const SeqRows> seqs,
-                     std::span<const int64_t> logit_rows, float* logits, int32_t* argmax = nullptr);
+                     std::span<const int64_t> logit_rows, float* logits, int32_t* argmax = nullptr,
+                     const SampleRow* sample = nullptr);
 
  private:
   void run_ops(GraphState& st, const KvCacheView& kv, std::span<const int32_t> tokens, int64_t pos0,
-               bool all_logits, float* logits, float* hidden_out);
+               bool all_logits, float* logits, float* hidden_out, int32_t* ids, const SampleRow* sample);
   void run_layers(GraphState& st, std::span<const int32_t> tokens, std::span<const SeqRows> seqs);
   using Layer = Backend::LayerWeights;
   Backend& be_;

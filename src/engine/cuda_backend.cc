@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -22,6 +23,7 @@
 #include "engine/rope_tables.h"
 #include "kernels/cuda/decode_fused_cuda.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/sample_cuda.h"
 #include "kernels/cuda/ternary_gemv_cuda.h"
 
 namespace onebit {
@@ -98,6 +100,7 @@ class CudaBackend final : public Backend {
     cudaFree(attn_scratch_);
     cudaFree(d_logits_);
     cudaFree(d_ids_);
+    cudaFree(d_sample_);
     cudaFree(head_q_.codes);
     cudaFree(head_q_.scales);
     cudaFree(head_q_.sums);
@@ -564,6 +567,24 @@ class CudaBackend final : public Backend {
           "cudaMemcpyAsync (ids)");
   }
 
+  // Sampling on the device (sample_cuda.h): the settings go up and the ids come down with copies
+  // that are part of a recorded pass (both buffers page-locked, filled / read around the pass).
+  bool samples_on_device() const override { return true; }
+  void lm_head_sample(WeightHandle wh, const float* x, int64_t n, const SampleRow* rows, int32_t* ids) override {
+    static_assert(sizeof(SampleRow) == sizeof(cuda::SampleParams) && offsetof(SampleRow, u) == offsetof(cuda::SampleParams, u) &&
+                  offsetof(SampleRow, min_p) == offsetof(cuda::SampleParams, min_p));
+    const DevDense& d = dw(wh);
+    head_on_device(d, x, n);
+    grow(reinterpret_cast<void**>(&d_ids_), &d_ids_count_, static_cast<size_t>(n), 4);
+    grow(reinterpret_cast<void**>(&d_sample_), &d_sample_count_, static_cast<size_t>(n), sizeof(cuda::SampleParams));
+    check(cudaMemcpyAsync(d_sample_, rows, static_cast<size_t>(n) * sizeof(cuda::SampleParams), cudaMemcpyHostToDevice,
+                          stream_),
+          "cudaMemcpyAsync (sampling settings)");
+    check(cuda::sample_rows(d_logits_, d.rows, n, d_sample_, d_ids_, stream_), "sample");
+    check(cudaMemcpyAsync(ids, d_ids_, static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost, stream_),
+          "cudaMemcpyAsync (ids)");
+  }
+
  private:
   // Logits of n rows into d_logits_ ([n][rows]).
   void head_on_device(const DevDense& d, const float* x, int64_t n) {
@@ -749,6 +770,8 @@ class CudaBackend final : public Backend {
   size_t d_logits_floats_ = 0;
   int32_t* d_ids_ = nullptr;  // lm_head_argmax's results
   size_t d_ids_count_ = 0;
+  cuda::SampleParams* d_sample_ = nullptr;  // lm_head_sample's settings
+  size_t d_sample_count_ = 0;
   cuda::QuantActs head_q_{};
   int64_t head_q_rows_ = 0;
   using GraphKey = std::pair<ReplayKey, uint64_t>;  // the pass's key and cache geometry (pass_sig_)

@@ -36,6 +36,16 @@ void check_ids(std::span<const int32_t> tokens, int64_t vocab, std::string_view 
       fail("{}token {} (position {} of the input) is outside the vocabulary [0, {})", where, tokens[i], i, vocab);
 }
 
+// A device sampler's answer for a row it could not sample (the host Sampler throws for those).
+constexpr const char* kBadLogits =
+    "the logits hold a NaN or +inf, or every token is banned (the model produced a bad value)";
+
+// The settings of a device_chain() sampler and its draw for this step (advances its RNG).
+SampleRow sample_row(Sampler& s) {
+  const SamplingParams& p = s.params();
+  return SampleRow{p.temperature, p.top_k, p.top_p, p.min_p, s.draw()};
+}
+
 }  // namespace
 
 std::string_view device_name(Device d) { return d == Device::kCuda ? "cuda" : "cpu"; }
@@ -97,6 +107,8 @@ Engine::~Engine() {
   if (backend_ != nullptr) {
     backend_->free_host(batch_logits_);
     backend_->free_host(reinterpret_cast<float*>(batch_argmax_));
+    backend_->free_host(reinterpret_cast<float*>(batch_sampled_));
+    backend_->free_host(reinterpret_cast<float*>(batch_sample_rows_));
   }
 }
 
@@ -200,6 +212,15 @@ void Engine::decode_batch(std::span<BatchItem> items, BatchOutput out) {
     if (past + n > ctx)
       fail("batch item {}: {} new tokens do not fit in the context: {} of {} positions are used", i, n, past, ctx);
     check_ids(it.tokens, vocab, fmt::format("batch item {}: ", i));
+    if (out == BatchOutput::kSample) {
+      if (it.sampler == nullptr) fail("batch item {}: BatchOutput::kSample needs a sampler", i);
+      if (it.sampler->n_vocab() != vocab)
+        fail("batch item {}: the sampler is for {} tokens, the model has {}", i, it.sampler->n_vocab(), vocab);
+      if (!it.sampler->device_chain())
+        fail("batch item {}: its sampling settings (logit_bias, penalties, typical_p or logprobs) need the logits: "
+             "use BatchOutput::kLogits",
+             i);
+    }
     KvPool* pool = it.session->pool_.get();
     auto p = std::find_if(need.begin(), need.end(), [&](const auto& x) { return x.first == pool; });
     if (p == need.end()) p = need.insert(need.end(), {pool, 0});
@@ -212,8 +233,21 @@ void Engine::decode_batch(std::span<BatchItem> items, BatchOutput out) {
   if (items.empty()) return;
   for (BatchItem& it : items) it.session->reserve(it.session->n_past_ + static_cast<int64_t>(it.tokens.size()));
   const bool argmax = out == BatchOutput::kArgmax;
+  // kSample on a backend without device sampling: the logits path, then each item's sampler.
+  const bool sample = out == BatchOutput::kSample && backend_->samples_on_device();
+  const bool host_sample = out == BatchOutput::kSample && !sample;
   if (!backend_->supports_multi_sequence()) {
     for (BatchItem& it : items) {
+      if (out == BatchOutput::kSample) {
+        it.logits = it.session->decode(it.tokens);
+        try {
+          it.token = it.sampler->sample(it.logits, {});
+        } catch (const Error&) {
+          it.token = -1;
+        }
+        it.logits = {};
+        continue;
+      }
       it.logits = it.session->decode(it.tokens);
       if (argmax) it.argmax = static_cast<int32_t>(std::max_element(it.logits.begin(), it.logits.end()) - it.logits.begin());
     }
@@ -225,6 +259,13 @@ void Engine::decode_batch(std::span<BatchItem> items, BatchOutput out) {
     // Page-locked (on a GPU) and at a fixed address, so the copy into it can be part of a CUDA graph.
     if (batch_argmax_ == nullptr)
       batch_argmax_ = reinterpret_cast<int32_t*>(backend_->alloc_host(static_cast<size_t>(batch)));
+  } else if (sample) {
+    // Another ids buffer than kArgmax's, so that a recorded pass that samples is a recording of its own.
+    if (batch_sampled_ == nullptr) {
+      batch_sampled_ = reinterpret_cast<int32_t*>(backend_->alloc_host(static_cast<size_t>(batch)));
+      batch_sample_rows_ = reinterpret_cast<SampleRow*>(
+          backend_->alloc_host(static_cast<size_t>(batch) * sizeof(SampleRow) / sizeof(float)));
+    }
   } else if (batch_logits_cap_ < static_cast<size_t>(batch * vocab)) {
     backend_->free_host(batch_logits_);
     batch_logits_ = nullptr;
@@ -265,8 +306,11 @@ void Engine::decode_batch(std::span<BatchItem> items, BatchOutput out) {
         offset = 0;
       }
     }
+    if (sample)  // each finished item's settings and draw, in place before the pass (or its replay) reads them
+      for (size_t j = 0; j < logit_items.size(); ++j) batch_sample_rows_[j] = sample_row(*items[logit_items[j]].sampler);
     graph_->forward_multi(*batch_state_, tokens, seqs, logit_rows, batch_logits_,
-                          argmax ? batch_argmax_ : nullptr);
+                          argmax ? batch_argmax_ : sample ? batch_sampled_ : nullptr,
+                          sample ? batch_sample_rows_ : nullptr);
     for (size_t s = 0; s < seqs.size(); ++s) {
       BatchItem& it = items[seq_items[s]];
       it.session->append(it.tokens.subspan(static_cast<size_t>(seq_offsets[s]), static_cast<size_t>(seqs[s].n)));
@@ -278,9 +322,22 @@ void Engine::decode_batch(std::span<BatchItem> items, BatchOutput out) {
         it.logits = {};
         continue;
       }
+      if (sample) {
+        it.token = batch_sampled_[j];  // -1 for a row the device could not sample
+        it.logits = {};
+        continue;
+      }
       float* dst = it.session->logits_buffer(static_cast<size_t>(vocab));
       std::copy_n(batch_logits_ + j * vocab, vocab, dst);
       it.logits = std::span<const float>(dst, static_cast<size_t>(vocab));
+      if (host_sample) {
+        try {  // the pass has run: report a row that cannot be sampled as the device does, with -1
+          it.token = it.sampler->sample(it.logits, {});
+        } catch (const Error&) {
+          it.token = -1;
+        }
+        it.logits = {};
+      }
     }
   }
 }
@@ -288,6 +345,8 @@ void Engine::decode_batch(std::span<BatchItem> items, BatchOutput out) {
 Session::~Session() {
   reset();
   engine_.backend_->free_host(logits_);
+  engine_.backend_->free_host(reinterpret_cast<float*>(sample_row_));
+  engine_.backend_->free_host(reinterpret_cast<float*>(sample_id_));
 }
 
 int64_t Session::n_ctx() const { return engine_.n_ctx(); }
@@ -354,7 +413,7 @@ std::vector<float> Session::hidden_states(std::span<const int32_t> tokens) {
   return out;
 }
 
-std::span<const float> Session::decode(std::span<const int32_t> tokens, bool all_logits) {
+void Session::prepare(std::span<const int32_t> tokens) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t vocab = n_vocab(), ctx = n_ctx();
   if (n == 0) fail("decode: no tokens given");
@@ -367,6 +426,38 @@ std::span<const float> Session::decode(std::span<const int32_t> tokens, bool all
   if (!reserve(n_past_ + n))
     fail("the KV cache is full: {} new tokens need {} more blocks of {} positions, {} of {} are available", n,
          blocks_needed(n_past_ + n), pool_->block_size(), pool_->blocks().n_available(), pool_->blocks().n_blocks());
+}
+
+int32_t Session::decode_sample(std::span<const int32_t> tokens, Sampler& sampler, std::span<const int32_t> history) {
+  if (sampler.n_vocab() != n_vocab())
+    fail("decode_sample: the sampler is for {} tokens, the model has {}", sampler.n_vocab(), n_vocab());
+  Backend& be = *engine_.backend_;
+  if (!be.samples_on_device() || !sampler.device_chain()) return sampler.sample(decode(tokens), history);
+  prepare(tokens);
+  if (sample_row_ == nullptr) {  // page-locked, fixed addresses: a recorded step reads and writes them
+    sample_row_ = reinterpret_cast<SampleRow*>(be.alloc_host(sizeof(SampleRow) / sizeof(float)));
+    sample_id_ = reinterpret_cast<int32_t*>(be.alloc_host(1));
+  }
+  *sample_row_ = sample_row(sampler);
+  *sample_id_ = -1;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t batch = state_->n_batch();
+  for (int64_t b = 0, m = 0; b < n; b += m) {
+    m = pass_piece(n - b, batch);  // pieces as decode() cuts them: the same bits
+    const bool last = b + m == n;  // only the last chunk runs the LM head
+    const std::span<const int32_t> chunk = tokens.subspan(static_cast<size_t>(b), static_cast<size_t>(m));
+    engine_.graph_->forward(*state_, kv_, chunk, n_past_, false, nullptr, nullptr, last ? sample_id_ : nullptr,
+                            last ? sample_row_ : nullptr);
+    append(chunk);
+  }
+  if (*sample_id_ < 0) fail("decode_sample: {}", kBadLogits);
+  return *sample_id_;
+}
+
+std::span<const float> Session::decode(std::span<const int32_t> tokens, bool all_logits) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t vocab = n_vocab();
+  prepare(tokens);
 
   const size_t need = static_cast<size_t>((all_logits ? n : 1) * vocab);
   logits_buffer(need);

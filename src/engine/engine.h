@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/base/model.h"
+#include "core/sampler/sampler.h"
 #include "engine/backend.h"
 #include "engine/kv_pool.h"
 
@@ -71,11 +72,16 @@ struct BatchItem {
   std::span<const int32_t> tokens;  // appended at session->n_past()
   std::span<const float> logits;    // out: logits of the last token ([n_vocab]), valid until the session's next call
   int32_t argmax = -1;              // out, with BatchOutput::kArgmax: the index of the largest of those logits
+  Sampler* sampler = nullptr;       // in, with BatchOutput::kSample: draws the next token (device_chain() only)
+  int32_t token = -1;               // out, with BatchOutput::kSample: what sampler->sample(logits, {}) gives, or
+                                    // -1 where that throws (NaN / +inf logits, every token banned)
 };
 
-// What Engine::decode_batch returns per item: the logits, or only the greedy choice (computed where
-// the logits are, on the GPU for the CUDA backend, so that only one id per sequence is copied back).
-enum class BatchOutput : uint8_t { kLogits, kArgmax };
+// What Engine::decode_batch returns per item: the logits, only the greedy choice, or only the token
+// the item's Sampler draws. kArgmax and kSample are computed where the logits are (on the GPU for the
+// CUDA backend), so that only one id per sequence is copied back; on the CPU kSample runs the
+// Sampler on the logits.
+enum class BatchOutput : uint8_t { kLogits, kArgmax, kSample };
 
 class Engine {
  public:
@@ -102,7 +108,12 @@ class Engine {
   // fit the context, a session given twice or from another engine, more new KV blocks than the
   // sessions' pools have available): Error, and nothing runs.
   // Backends without multi-sequence passes run the items one after another. With
-  // BatchOutput::kArgmax each item gets `argmax` (the greedy next token) and no logits.
+  // BatchOutput::kArgmax each item gets `argmax` (the greedy next token) and no logits. With
+  // kSample each item gets `token`, drawn by its `sampler` as Session::decode_sample does (Error,
+  // before anything runs, for an item without a sampler, with one of another vocabulary size, or
+  // one whose chain is not Sampler::device_chain(): those need the logits), and no logits. Every
+  // item's sampler draws once (Sampler::draw) per call, so give kSample only items whose next
+  // token is wanted (a prompt's last chunk, a decode step).
   void decode_batch(std::span<BatchItem> items, BatchOutput out = BatchOutput::kLogits);
 
   const ModelConfig& config() const;
@@ -122,6 +133,8 @@ class Engine {
   float* batch_logits_ = nullptr;             // decode_batch's logits (Backend::alloc_host: page-locked on a GPU)
   size_t batch_logits_cap_ = 0;
   int32_t* batch_argmax_ = nullptr;  // decode_batch's argmax ids, n_batch (alloc_host: page-locked on a GPU)
+  int32_t* batch_sampled_ = nullptr;  // decode_batch's sampled ids and their settings, n_batch of each
+  SampleRow* batch_sample_rows_ = nullptr;
 };
 
 class Session {
@@ -137,6 +150,17 @@ class Session {
   // vocabulary, when the tokens do not fit in the context, or when the pool has too few free
   // blocks for them.
   std::span<const float> decode(std::span<const int32_t> tokens, bool all_logits = false);
+
+  // decode(tokens), then the next token as sampler.sample(logits, history) picks it from the last
+  // token's logits. On a backend that samples on the device (CUDA) with a chain it runs
+  // (Sampler::device_chain(): temperature, top-k, top-p, min-p) the draw happens there with the
+  // sampler's own uniform number (Sampler::draw) and only the id crosses to the host; a one-token
+  // step stays one CUDA graph. Same tokens as the host sampler except where a random number or a
+  // top-p / top-k mass falls within rounding of a boundary (docs/kernels-cuda.md, "Sampling").
+  // Otherwise the logits come to the host and the sampler runs there. Throws Error as decode()
+  // does, for a sampler of another vocabulary size, and when the logits hold a NaN or +inf or
+  // every token is banned (the session then holds the tokens).
+  int32_t decode_sample(std::span<const int32_t> tokens, Sampler& sampler, std::span<const int32_t> history = {});
 
   // The final-normed hidden state of every token ([tokens.size()][hidden_size], row-major), with
   // the tokens run from position 0 (the session is reset first and holds them afterwards). The
@@ -177,6 +201,8 @@ class Session {
   // that became full to the prefix cache.
   void append(std::span<const int32_t> t);
   void sync_view();  // kv_ follows table_
+  // decode()'s checks and KV reservation (Error, and the session unchanged, when they fail).
+  void prepare(std::span<const int32_t> tokens);
   Engine& engine_;
   std::unique_ptr<GraphState> state_;
   std::shared_ptr<KvPool> pool_;
@@ -189,6 +215,9 @@ class Session {
   // Logits in host memory from the backend (page-locked on a GPU), grown as needed.
   float* logits_ = nullptr;
   size_t logits_cap_ = 0;
+  // decode_sample's settings and id on the device path (alloc_host: page-locked, fixed addresses).
+  SampleRow* sample_row_ = nullptr;
+  int32_t* sample_id_ = nullptr;
 };
 
 }  // namespace onebit

@@ -440,11 +440,26 @@ void Scheduler::run_batch(RunningList& running) {
       owner.push_back(r.get());
     }
   if (items.empty()) return;
+  // On a backend that samples on the device, a step in which every item is a generation's next
+  // token with a chain the device runs (no penalties, bias, typical-p, logprobs) draws the tokens
+  // there (each Job's own Sampler and random numbers: the tokens the host would draw, up to
+  // rounding at a boundary) and only the ids come back; step() takes them as presampled. Any other
+  // step, and every step on the CPU, brings the logits back as before.
+  bool device_sample = engine_.backend().samples_on_device();
+  for (size_t j = 0; j < items.size() && device_sample; ++j) {
+    const Running& r = *owner[j];
+    device_sample = r.generating() && !r.job->logprobs && r.sampler->device_chain() &&
+                    items[j].session->n_past() + static_cast<int64_t>(items[j].tokens.size()) ==
+                        static_cast<int64_t>(r.history.size());
+  }
+  if (device_sample)
+    for (size_t j = 0; j < items.size(); ++j) items[j].sampler = &*owner[j]->sampler;
   try {
-    engine_.decode_batch(items);
+    engine_.decode_batch(items, device_sample ? BatchOutput::kSample : BatchOutput::kLogits);
   } catch (const std::exception&) {
     // decode_batch checks everything before running anything: find the Job at fault by running
     // them one by one, so that the others are not disturbed.
+    device_sample = false;  // nothing ran and nothing was drawn: the logits path below
     for (size_t j = 0; j < items.size(); ++j) {
       BatchItem& it = items[j];
       it.logits = {};
@@ -462,6 +477,12 @@ void Scheduler::run_batch(RunningList& running) {
     r.pending = {};
     if (r.failed) continue;
     r.logits = items[j].logits;
+    if (device_sample) {
+      r.presampled = true;
+      r.presample = items[j].token;
+      r.presample_lp = {};
+      if (r.presample < 0) r.presample_error = "sampling: the logits hold a NaN or +inf, or every token is banned";
+    }
     if (!r.prefilled && items[j].session->n_past() == static_cast<int64_t>(r.history.size())) {
       r.prefilled = true;
       if (metrics_ && !r.prompt_counted) metrics_->add_prompt_tokens(static_cast<int64_t>(r.job->prompt.size()), r.reuse);
@@ -545,7 +566,7 @@ void Scheduler::presample(RunningList& running) {
   if (!sample_pool_) return;
   std::vector<Running*> todo;
   for (auto& r : running)
-    if (r->generating() && r->prefilled && !r->job->cancelled) todo.push_back(r.get());
+    if (r->generating() && r->prefilled && !r->job->cancelled && !r->presampled) todo.push_back(r.get());
   if (todo.size() < 2) return;
   // Each Job's sampler (its RNG, penalties) and logits are its own: any split gives the same tokens.
   sample_pool_->parallel_for(static_cast<int64_t>(todo.size()), 1, [&](int64_t b, int64_t e) {

@@ -415,14 +415,31 @@ void Sampler::fill_logprobs(int32_t chosen, TokenLogprobs* out) {
   for (TokenLogprob& t : top) t.logprob = logprob(t.logprob);
 }
 
+bool Sampler::device_chain() const {
+  return !has_penalties_ && bias_.empty() && params_.typical_p >= 1.0f && params_.n_logprobs == 0;
+}
+
+double Sampler::draw() { return params_.greedy() ? 0.0 : next_uniform(); }
+
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history, TokenLogprobs* logprobs) {
+  return sample_impl(logits, history, nullptr, logprobs);
+}
+
+int32_t Sampler::sample_with(std::span<const float> logits, std::span<const int32_t> history, double u,
+                             TokenLogprobs* logprobs) {
+  if (!(u >= 0.0 && u < 1.0)) fail("sampler: the uniform number must be in [0, 1), got {}", u);
+  return sample_impl(logits, history, &u, logprobs);
+}
+
+int32_t Sampler::sample_impl(std::span<const float> logits, std::span<const int32_t> history, const double* u,
+                             TokenLogprobs* logprobs) {
   adjust(logits, history);
   int32_t chosen;
   if (params_.greedy()) {
     chosen = argmax();
   } else {
     const double total = shape();
-    const double target = next_uniform() * total;
+    const double target = (u != nullptr ? *u : next_uniform()) * total;
     // The walk order is id order (dense_) or the candidates' order; both are fixed by values and
     // ids alone. If rounding carries target past the last bucket, the last survivor is taken.
     const size_t n = weights_.size();

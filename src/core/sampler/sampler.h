@@ -60,6 +60,18 @@ class Sampler {
   int32_t sample(std::span<const float> logits, std::span<const int32_t> history,
                  TokenLogprobs* logprobs = nullptr);
 
+  // Sampling somewhere else (the GPU, kernels/cuda/sample_cuda.h) with this sampler's stream of
+  // random numbers. device_chain(): the chain is one a device sampler runs, i.e. nothing but
+  // temperature, top_k, top_p and min_p is set (no logit_bias, penalties, typical_p, logprobs).
+  // draw(): the uniform number the next sample() would use, taken now; the RNG advances exactly as
+  // in sample() (one draw for a non-greedy chain; none for greedy, which returns 0). sample_with()
+  // is sample() with that number given instead of drawn (u in [0, 1), else Error); the RNG is not
+  // touched. So draw() followed by sample_with(logits, history, u) is sample(logits, history).
+  bool device_chain() const;
+  double draw();
+  int32_t sample_with(std::span<const float> logits, std::span<const int32_t> history, double u,
+                      TokenLogprobs* logprobs = nullptr);
+
   // The distribution the next draw would use, after every step of the chain: survivors in the
   // order the draw walks them, probabilities summing to 1. Greedy gives the argmax with p = 1.
   // Does not advance the RNG. For tests and for explaining a choice.
@@ -103,6 +115,9 @@ class Sampler {
   void keep_mass(double mass, const Softmax& sm, Key key);
   void fill_logprobs(int32_t chosen, TokenLogprobs* out);
   double next_uniform();  // in [0, 1), from the top 53 bits of one mt19937_64 output
+  // sample() with u given, or drawn from the RNG (after shaping) when u is null.
+  int32_t sample_impl(std::span<const float> logits, std::span<const int32_t> history, const double* u,
+                      TokenLogprobs* logprobs);
 
   SamplingParams params_;
   int64_t n_vocab_;

@@ -81,4 +81,50 @@ inline void expect_batch_argmax_matches(Engine& e, std::vector<std::vector<int32
   }
 }
 
+// BatchOutput::kSample: each item's token is what its sampler (a twin, same seed and settings)
+// draws from the logits of an identical batch run with kLogits; the sessions then go on with those
+// tokens. Several settings in one batch (greedy, temperature, top-k + top-p, top-p + min-p).
+// Returns the number of steps x items where the two differ, which must be 0 except where a draw
+// lies within rounding of a boundary (see docs/kernels-cuda.md); the caller says how many it allows.
+inline int expect_batch_sample_matches(Engine& e, std::vector<std::vector<int32_t>> next, int steps,
+                                       const std::string& what) {
+  const size_t n = next.size();
+  std::vector<std::unique_ptr<Session>> g, l;
+  std::vector<Sampler> gs, ls;
+  for (size_t i = 0; i < n; ++i) {
+    g.push_back(e.new_session());
+    l.push_back(e.new_session());
+    SamplingParams p;
+    p.seed = 100 + i;
+    p.temperature = i % 4 == 0 ? 0.0f : 0.9f;
+    p.top_k = i % 4 == 2 ? 40 : 0;
+    p.top_p = i % 4 == 2 ? 0.9f : i % 4 == 3 ? 0.8f : 1.0f;
+    p.min_p = i % 4 == 3 ? 0.05f : 0.0f;
+    gs.emplace_back(p, e.n_vocab());
+    ls.emplace_back(p, e.n_vocab());
+  }
+  int differ = 0;
+  for (int step = 0; step < steps; ++step) {
+    std::vector<BatchItem> gi, li;
+    for (size_t i = 0; i < n; ++i) {
+      gi.push_back({g[i].get(), next[i], {}});
+      gi.back().sampler = &gs[i];
+      li.push_back({l[i].get(), next[i], {}});
+    }
+    e.decode_batch(gi, BatchOutput::kSample);
+    e.decode_batch(li);
+    for (size_t i = 0; i < n; ++i) {
+      EXPECT_TRUE(gi[i].logits.empty());
+      const int32_t want = ls[i].sample(li[i].logits, {});
+      if (gi[i].token != want) {
+        ++differ;
+        ADD_FAILURE() << what << ": step " << step << ", session " << i << ": sampled " << gi[i].token << ", host "
+                      << want;
+      }
+      next[i] = {want};
+    }
+  }
+  return differ;
+}
+
 }  // namespace onebit::testing

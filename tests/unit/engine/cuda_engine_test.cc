@@ -341,6 +341,95 @@ TEST(CudaEngine, DecodeBatchArgmaxOnTheDevice) {
   }
 }
 
+// BatchOutput::kSample on the GPU (only the ids come back): each sequence's token is what its
+// sampler draws on the host from the logits of an identical kLogits batch; greedy, temperature,
+// top-k + top-p and top-p + min-p sequences in the same passes (recorded graphs after the first).
+TEST(CudaEngine, DecodeBatchSampleOnTheDevice) {
+  SKIP_WITHOUT_CUDA();
+  auto m = default_model();
+  EngineOptions o = cuda_opts(128);
+  o.n_batch = 16;
+  auto e = Engine::load(*m, o);
+  std::vector<std::vector<int32_t>> first;
+  for (int i = 0; i < 8; ++i) first.push_back({static_cast<int32_t>(11 + 53 * i), static_cast<int32_t>(700 + i)});
+  const int differ = testing::expect_batch_sample_matches(*e, first, 10, "cuda");
+  std::printf("[sample on device] decode_batch: %d of 80 tokens differ from the host sampler\n", differ);
+}
+
+// Session::decode_sample on the GPU: a seed gives the same tokens twice (graphs replayed the second
+// time), the tokens the host sampler draws from the same CUDA logits with the same seed, and, greedy,
+// the CPU backend's tokens.
+TEST(CudaEngine, DecodeSampleOnTheDevice) {
+  SKIP_WITHOUT_CUDA();
+  auto m = default_model();
+  auto e = Engine::load(*m, cuda_opts(128));
+  auto cpu = Engine::load(*m, [] {
+    EngineOptions c;
+    c.n_ctx = 128;
+    return c;
+  }());
+  const std::vector<int32_t> prompt = testing::batch_ids(9, 4);
+  // The tokens of `steps` draws: on the device (decode_sample) or on the host from the logits.
+  auto generate = [&](Engine& eng, const SamplingParams& p, bool device, int steps) {
+    Sampler sampler(p, eng.n_vocab());
+    auto s = eng.new_session();
+    std::vector<int32_t> out;
+    int32_t t = device ? s->decode_sample(prompt, sampler) : sampler.sample(s->decode(prompt), {});
+    for (int i = 0; i < steps; ++i) {
+      out.push_back(t);
+      const int32_t fed = t;
+      t = device ? s->decode_sample(std::span(&fed, 1), sampler) : sampler.sample(s->decode(std::span(&fed, 1)), {});
+    }
+    return out;
+  };
+  for (int chain = 0; chain < 4; ++chain) {
+    SamplingParams p;
+    p.seed = 31 + chain;
+    p.temperature = chain == 0 ? 0.0f : 0.8f;
+    p.top_k = chain == 2 ? 40 : 0;
+    p.top_p = chain == 2 ? 0.95f : chain == 3 ? 0.9f : 1.0f;
+    p.min_p = chain == 3 ? 0.02f : 0.0f;
+    const std::vector<int32_t> a = generate(*e, p, true, 40), b = generate(*e, p, true, 40);
+    EXPECT_EQ(a, b) << "chain " << chain << ": the same seed gave other tokens";
+    EXPECT_EQ(a, generate(*e, p, false, 40)) << "chain " << chain << ": device vs host sampler on the CUDA logits";
+    const std::vector<int32_t> c = generate(*cpu, p, false, 40);
+    size_t same = 0;
+    while (same < c.size() && c[same] == a[same]) ++same;
+    std::printf("[sample on device] chain %d: CPU backend agrees on the first %zu of 40 tokens\n", chain, same);
+  }
+  // Greedy vs the CPU backend, teacher-forced with the CPU's tokens: the device's argmax is the
+  // CPU's wherever the CPU's top-2 margin exceeds the logit tolerance of DefaultModelMatchesCpu.
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  Sampler gs(greedy, e->n_vocab());
+  auto sg = e->new_session(), sc = cpu->new_session();
+  int32_t dev = sg->decode_sample(prompt, gs);
+  std::vector<float> l = copy(sc->decode(prompt));
+  int agree = 0;
+  for (int step = 0; step < 40; ++step) {
+    const int32_t want = argmax(l);
+    std::vector<float> sorted = l;
+    std::nth_element(sorted.begin(), sorted.begin() + 1, sorted.end(), std::greater<float>());
+    const double range = *std::max_element(l.begin(), l.end()) - *std::min_element(l.begin(), l.end());
+    if (dev == want) {
+      ++agree;
+    } else {
+      EXPECT_LT(sorted[0] - sorted[1], 5e-2 * range) << "greedy step " << step << ": CUDA " << dev << ", CPU " << want;
+    }
+    dev = sg->decode_sample(std::span(&want, 1), gs);
+    l = copy(sc->decode(std::span(&want, 1)));
+  }
+  std::printf("[sample on device] greedy: %d of 40 teacher-forced steps pick the CPU backend's token\n", agree);
+  // A chain the device does not run (penalties) still works, on the host.
+  SamplingParams pen;
+  pen.seed = 5;
+  pen.repetition_penalty = 1.3f;
+  Sampler ps(pen, e->n_vocab());
+  EXPECT_FALSE(ps.device_chain());
+  auto s = e->new_session();
+  EXPECT_GE(s->decode_sample(prompt, ps, prompt), 0);
+}
+
 TEST(CudaEngine, BadInputIsAnErrorAndLeavesTheSessionUsable) {
   SKIP_WITHOUT_CUDA();
   auto m = tiny();

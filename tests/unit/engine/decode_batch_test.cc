@@ -54,6 +54,58 @@ TEST(DecodeBatch, ArgmaxEqualsTheLogitsArgmax) {
   testing::expect_batch_argmax_matches(*e, {batch_ids(7, 1), batch_ids(20, 2), batch_ids(1, 3)}, 6, "cpu");
 }
 
+// BatchOutput::kSample on the CPU: the items' samplers draw from the logits (the host path), the
+// same tokens as Sampler::sample on the logits of a kLogits batch, step after step.
+TEST(DecodeBatch, SampleEqualsTheSamplerOnTheLogits) {
+  auto m = model();
+  EngineOptions o;
+  o.n_ctx = 128;
+  o.n_batch = 16;
+  auto e = Engine::load(*m, o);
+  testing::expect_batch_sample_matches(
+      *e, {batch_ids(7, 1), batch_ids(20, 2), batch_ids(1, 3), batch_ids(3, 4), batch_ids(2, 5)}, 6, "cpu");
+}
+
+// Session::decode_sample is decode() followed by Sampler::sample, on any chain (penalties and
+// logit_bias included: those sample on the host on every backend).
+TEST(DecodeBatch, DecodeSampleEqualsDecodeThenSample) {
+  auto m = model();
+  EngineOptions o;
+  o.n_ctx = 64;
+  auto e = Engine::load(*m, o);
+  for (int chain = 0; chain < 3; ++chain) {
+    SamplingParams p;
+    p.seed = 9;
+    p.temperature = 0.8f;
+    p.top_k = chain == 1 ? 20 : 0;
+    p.top_p = chain == 1 ? 0.9f : 1.0f;
+    if (chain == 2) {
+      p.repetition_penalty = 1.3f;
+      p.logit_bias[7] = 2.0f;
+    }
+    Sampler a(p, e->n_vocab()), b(p, e->n_vocab());
+    EXPECT_EQ(a.device_chain(), chain != 2);
+    auto sa = e->new_session(), sb = e->new_session();
+    std::vector<int32_t> history = batch_ids(6, chain);
+    int32_t ta = sa->decode_sample(history, a, history);
+    int32_t tb = b.sample(sb->decode(history), history);
+    for (int step = 0; step < 20; ++step) {
+      ASSERT_EQ(ta, tb) << "chain " << chain << ", step " << step;
+      history.push_back(ta);
+      const int32_t fed = ta;
+      ta = sa->decode_sample(std::span(&fed, 1), a, history);
+      tb = b.sample(sb->decode(std::span(&fed, 1)), history);
+    }
+    EXPECT_EQ(sa->n_past(), sb->n_past());
+  }
+  SamplingParams other;
+  Sampler wrong_vocab(other, e->n_vocab() + 1);
+  auto s = e->new_session();
+  const std::vector<int32_t> ids = batch_ids(3, 1);
+  EXPECT_THROW(s->decode_sample(ids, wrong_vocab), Error);
+  EXPECT_EQ(s->n_past(), 0);
+}
+
 TEST(DecodeBatch, BadInputRunsNothing) {
   auto m = model();
   EngineOptions o;
@@ -73,6 +125,22 @@ TEST(DecodeBatch, BadInputRunsNothing) {
   auto other = Engine::load(*m, o);
   auto c = other->new_session();
   expect_nothing_ran({{a.get(), ok, {}}, {c.get(), ok, {}}});
+  // kSample: every item needs a sampler of this vocabulary whose chain a device can run.
+  SamplingParams plain, biased;
+  plain.seed = biased.seed = 1;
+  biased.logit_bias[3] = 1.0f;
+  Sampler sp(plain, e->n_vocab()), sb(biased, e->n_vocab()), sv(plain, e->n_vocab() - 1);
+  auto expect_sample_refused = [&](Sampler* second) {
+    std::vector<BatchItem> items = {{a.get(), ok, {}}, {b.get(), ok, {}}};
+    items[0].sampler = &sp;
+    items[1].sampler = second;
+    EXPECT_THROW(e->decode_batch(items, BatchOutput::kSample), Error);
+    EXPECT_EQ(a->n_past(), 0);
+    EXPECT_EQ(b->n_past(), 0);
+  };
+  expect_sample_refused(nullptr);
+  expect_sample_refused(&sb);
+  expect_sample_refused(&sv);
   std::vector<BatchItem> none;
   e->decode_batch(none);
 }

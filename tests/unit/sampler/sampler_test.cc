@@ -542,3 +542,60 @@ TEST(Sampler, LogprobsTopNAndGreedy) {
 
 }  // namespace
 }  // namespace onebit
+
+namespace onebit {
+namespace {
+
+// draw() then sample_with(u) is sample(): the same RNG stream, on every chain (what device
+// sampling relies on to give the host's tokens for a seed); greedy draws nothing.
+TEST(Sampler, DrawThenSampleWithEqualsSample) {
+  std::mt19937_64 gen(77);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  const int64_t n = 3000;
+  for (int chain = 0; chain < 5; ++chain) {
+    SamplingParams p = seeded(1234 + chain);
+    p.temperature = chain == 0 ? 0.0f : 0.7f + 0.2f * chain;
+    p.top_k = chain == 2 ? 50 : 0;
+    p.top_p = chain == 2 || chain == 3 ? 0.9f : 1.0f;
+    p.min_p = chain == 4 ? 0.05f : 0.0f;
+    if (chain == 4) p.repetition_penalty = 1.2f;
+    Sampler a(p, n), b(p, n);
+    EXPECT_EQ(a.device_chain(), chain != 4);
+    std::vector<int32_t> history = {1, 2, 3};
+    for (int step = 0; step < 50; ++step) {
+      std::vector<float> l(static_cast<size_t>(n));
+      for (float& x : l) x = nd(gen);
+      const double u = b.draw();
+      if (chain == 0) {
+        EXPECT_EQ(u, 0.0);
+      }
+      EXPECT_TRUE(u >= 0.0 && u < 1.0);
+      const int32_t want = a.sample(l, history);
+      EXPECT_EQ(b.sample_with(l, history, u), want) << "chain " << chain << ", step " << step;
+      history.push_back(want);
+    }
+  }
+}
+
+TEST(Sampler, DeviceChainAndBadUniformNumber) {
+  SamplingParams p = seeded();
+  EXPECT_TRUE(Sampler(p, 10).device_chain());
+  SamplingParams typical = p, logprobs = p, bias = p, freq = p;
+  typical.typical_p = 0.5f;
+  logprobs.n_logprobs = 2;
+  bias.logit_bias[1] = 1.0f;
+  freq.frequency_penalty = 0.5f;
+  for (const SamplingParams& q : {typical, logprobs, bias, freq}) EXPECT_FALSE(Sampler(q, 10).device_chain());
+  SamplingParams window_off = freq;
+  window_off.penalty_last_n = 0;  // penalties without a window change nothing
+  EXPECT_TRUE(Sampler(window_off, 10).device_chain());
+  Sampler s(p, 3);
+  const std::vector<float> l = {0.0f, 1.0f, 2.0f};
+  EXPECT_THROW(s.sample_with(l, {}, 1.0), Error);
+  EXPECT_THROW(s.sample_with(l, {}, -0.1), Error);
+  EXPECT_THROW(s.sample_with(l, {}, std::nan("")), Error);
+  EXPECT_EQ(s.sample_with(l, {}, 0.0), 0);  // the walk is in id order: u = 0 takes the first token
+}
+
+}  // namespace
+}  // namespace onebit
