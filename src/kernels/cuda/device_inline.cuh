@@ -124,6 +124,18 @@ __device__ __forceinline__ T warp_reduce(T v, Op op) {
   for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
+// A warp's largest value and its index (the lowest index among equal maxima), in every lane.
+__device__ __forceinline__ void warp_argmax(float& best, int64_t& index) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, index, o);
+    if (ob > best || (ob == best && oi < index)) {
+      best = ob;
+      index = oi;
+    }
+  }
+}
 __device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp{}); }
 __device__ __forceinline__ float warp_max(float v) { return warp_reduce(v, MaxOp{}); }
 __device__ __forceinline__ int warp_isum(int v) { return warp_reduce(v, SumOp{}); }

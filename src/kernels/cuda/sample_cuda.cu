@@ -18,6 +18,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/device_inline.cuh"
+
 namespace onebit::cuda {
 namespace {
 
@@ -478,15 +480,8 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
       }
     }
   }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ob > best || (ob == best && oi < bi)) {
-      best = ob;
-      bi = oi;
-    }
-    finite += __shfl_xor_sync(0xffffffffu, finite, o);
-  }
+  warp_argmax(best, bi);
+  for (int o = 16; o > 0; o >>= 1) finite += __shfl_xor_sync(0xffffffffu, finite, o);
   const int anybad = __syncthreads_or(bad);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) {
