@@ -494,21 +494,10 @@ void CpuBackend::kv_copy_block(const KvCacheView& kv, int32_t src, int32_t dst, 
 
 namespace {
 
-// s[j] *= scale, then softmax in place (max subtraction, exp, normalise), in fp32: the one
-// sequence of operations the fast attention paths share, so that they agree to the bit.
-void softmax_scaled(float* s, int64_t n, float scale) {
-  float m = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) {
-    s[j] = s[j] * scale;
-    m = std::max(m, s[j]);
-  }
-  float sum = 0.0f;
-  for (int64_t j = 0; j < n; ++j) {
-    s[j] = std::exp(s[j] - m);
-    sum += s[j];
-  }
-  for (int64_t j = 0; j < n; ++j) s[j] = s[j] / sum;
-}
+// s[j] *= scale, then softmax in place (cpu::softmax: max subtraction, a polynomial exp, the sum
+// in a fixed order, normalise), in fp32: the one sequence of operations the fast attention paths
+// share, so that they agree to the bit.
+void softmax_scaled(float* s, int64_t n, float scale) { cpu::softmax(s, n, scale); }
 
 // `count` consecutive rows of a KV cache as fp32: in place for an fp32 cache, else converted into
 // `buf` (count x head_dim floats) by the kernels (f16 exactly; q8 / q4r as scale * code, exactly

@@ -151,6 +151,10 @@ void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys,
   if (n_keys > 0) table(isa).axpy_rows(p, v, v_stride, n_keys, d, out);
 }
 
+void softmax(float* s, int64_t n, float scale, Isa isa) {
+  if (n > 0) table(isa).softmax(s, n, scale);
+}
+
 void kv_rows_f16_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int64_t d, float* out, Isa isa) {
   if (n_rows > 0) table(isa).rows_f16_to_f32(rows, row_bytes, n_rows, d, out);
 }

@@ -80,6 +80,11 @@ void dot_rows(const float* q, const float* k, int64_t k_stride, int64_t n_keys, 
 void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys, int64_t d, float* out,
                Isa isa = Isa::kAuto);
 
+// Attention's softmax over n scores, in place: s[j] * scale, then e_j = e^(s_j - max) by a
+// polynomial within 2 ulp of expf (kernel_table.h, softmax_exp; 0 below -87.33), and e_j / sum with
+// the sum in dot's 16-lane order. Bit-identical on every ISA.
+void softmax(float* s, int64_t n, float scale, Isa isa = Isa::kAuto);
+
 // KV cache rows to fp32 (attention converts a tile of keys or values once, then runs dot_rows /
 // axpy_rows on it): n_rows rows, row j at rows + j * row_bytes, into out[j * d + i]. The layouts
 // (engine/kv_quant.h gives the quantizers):

@@ -96,7 +96,64 @@ struct KernelTable {
   // In place, d a power of two: stages h = 1, 2, 4, .., d/2 of butterflies (x[j], x[j + h]) ->
   // (x[j] + x[j + h], x[j] - x[j + h]) for every j with bit h clear, then x[i] * scale.
   void (*hadamard)(float* x, int64_t d, float scale);
+  // Attention's softmax over n scores, in place: s[j] * scale, the max m, e_j = softmax_exp(s_j - m),
+  // their sum in the canonical 16-lane order (dot's), then s[j] = e_j / sum.
+  void (*softmax)(float* s, int64_t n, float scale);
 };
+
+// e^x for the softmax (whose arguments are <= 0), one fp32 operation a step so that the SIMD
+// kernels, which take the same steps lane by lane, give the same bits: n = rint(x log2 e),
+// r = (x - n c1) - n c2 with c1 + c2 = ln 2 (c1 has 9 significant bits, so n c1 is exact),
+// e^r = 1 + r + r^2 P(r) with P of degree 5 (the minimax coefficients of the classic single-
+// precision exp), times 2^n put together from its exponent bits. Within 2 ulp of e^x; 0 below
+// kExpMin (where 2^n would not be a normal number), NaN stays NaN.
+inline constexpr float kExpMin = -87.33f;
+inline constexpr float kExpMax = 88.0f;
+inline constexpr float kExpLog2e = 1.44269504088896341f;
+inline constexpr float kExpLn2Hi = 0.693359375f;
+inline constexpr float kExpLn2Lo = -2.12194440e-4f;
+inline constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                      4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+static inline float softmax_exp(float x) {
+  if (x != x) return x;
+  if (x < kExpMin) return 0.0f;
+  if (x > kExpMax) x = kExpMax;
+  const float n = __builtin_nearbyintf(x * kExpLog2e);
+  float r = x - n * kExpLn2Hi;
+  r = r - n * kExpLn2Lo;
+  const float z = r * r;
+  float y = kExpPoly[0];
+  for (int k = 1; k < 6; ++k) y = y * r + kExpPoly[k];
+  y = y * z + r;
+  y = y + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  __builtin_memcpy(&two_n, &bits, 4);
+  return y * two_n;
+}
+
+// The softmax entry written out plainly (the scalar kernel; the SIMD kernels do the same per lane).
+static inline void softmax_plain(float* s, int64_t n, float scale) {
+  float m = -__builtin_inff();
+  for (int64_t j = 0; j < n; ++j) {
+    s[j] = s[j] * scale;
+    m = s[j] > m ? s[j] : m;
+  }
+  float p[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) {
+      s[i + j] = softmax_exp(s[i + j] - m);
+      p[j] = p[j] + s[i + j];
+    }
+  for (int j = 0; i + j < n; ++j) {
+    s[i + j] = softmax_exp(s[i + j] - m);
+    p[j] = p[j] + s[i + j];
+  }
+  for (int width = 8; width >= 1; width /= 2)
+    for (int j = 0; j < width; ++j) p[j] = p[j] + p[j + width];
+  for (int64_t j = 0; j < n; ++j) s[j] = s[j] / p[0];
+}
 
 // The hadamard entry written out plainly: the scalar kernel, and the SIMD kernels' path for sizes
 // below one vector. `static`: each ISA's file compiles its own copy with its own flags.

@@ -355,11 +355,70 @@ void hadamard(float* x, int64_t d, float scale) {
   for (int64_t i = 0; i < d; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), s));
 }
 
+// softmax_exp (kernel_table.h) on 8 lanes, step for step.
+inline __m256 softmax_exp8(__m256 x) {
+  const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  const __m256 low = _mm256_cmp_ps(x, _mm256_set1_ps(kExpMin), _CMP_LT_OQ);
+  const __m256 xc = _mm256_min_ps(x, _mm256_set1_ps(kExpMax));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(kExpLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(kExpLn2Hi)));
+  r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(kExpLn2Lo)));
+  const __m256 z = _mm256_mul_ps(r, r);
+  __m256 y = _mm256_set1_ps(kExpPoly[0]);
+  for (int k = 1; k < 6; ++k) y = _mm256_add_ps(_mm256_mul_ps(y, r), _mm256_set1_ps(kExpPoly[k]));
+  y = _mm256_add_ps(_mm256_mul_ps(y, z), r);
+  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 out = _mm256_andnot_ps(low, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+  return _mm256_blendv_ps(out, x, nan);
+}
+
+// The 16 partial sums as two vectors (lanes 0..7, 8..15) over whole 16-score chunks; the tail and
+// the tree on a spilled copy in the scalar order.
+void softmax(float* s, int64_t n, float scale) {
+  const __m256 vs = _mm256_set1_ps(scale);
+  __m256 vm = _mm256_set1_ps(-__builtin_inff());
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(s + i), vs);
+    _mm256_storeu_ps(s + i, x);
+    vm = _mm256_max_ps(x, vm);  // a NaN score is passed over, as in the scalar loop
+  }
+  float mx = hmax(vm);
+  for (; i < n; ++i) {
+    s[i] = s[i] * scale;
+    mx = s[i] > mx ? s[i] : mx;
+  }
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  for (i = 0; i + 16 <= n; i += 16) {
+    const __m256 a = softmax_exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), m));
+    const __m256 b = softmax_exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i + 8), m));
+    _mm256_storeu_ps(s + i, a);
+    _mm256_storeu_ps(s + i + 8, b);
+    lo = _mm256_add_ps(lo, a);
+    hi = _mm256_add_ps(hi, b);
+  }
+  float p[16];
+  _mm256_storeu_ps(p, lo);
+  _mm256_storeu_ps(p + 8, hi);
+  for (int j = 0; i + j < n; ++j) {
+    s[i + j] = softmax_exp(s[i + j] - mx);
+    p[j] = p[j] + s[i + j];
+  }
+  for (int width = 8; width >= 1; width /= 2)
+    for (int j = 0; j < width; ++j) p[j] = p[j] + p[j + width];
+  const __m256 sum = _mm256_set1_ps(p[0]);
+  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(s + i, _mm256_div_ps(_mm256_loadu_ps(s + i), sum));
+  for (; i < n; ++i) s[i] = s[i] / p[0];
+}
+
 }  // namespace
 
 const KernelTable kAvx2Kernels = {
     ternary_gemm, quantize_row, rmsnorm, rmsnorm_quantize_row, relu2_mul, dot, axpy, dot_rows, axpy_rows,
-    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard,
+    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard, softmax,
 };
 
 }  // namespace onebit::cpu::detail

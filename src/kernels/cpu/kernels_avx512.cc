@@ -991,11 +991,62 @@ void hadamard(float* x, int64_t d, float scale) {
   for (int64_t i = 0; i < d; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), s));
 }
 
+// softmax_exp (kernel_table.h) on 16 lanes, step for step.
+inline __m512 softmax_exp16(__m512 x) {
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  const __mmask16 low = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpMin), _CMP_LT_OQ);
+  const __m512 xc = _mm512_min_ps(x, _mm512_set1_ps(kExpMax));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(kExpLog2e)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(kExpLn2Hi)));
+  r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(kExpLn2Lo)));
+  const __m512 z = _mm512_mul_ps(r, r);
+  __m512 y = _mm512_set1_ps(kExpPoly[0]);
+  for (int k = 1; k < 6; ++k) y = _mm512_add_ps(_mm512_mul_ps(y, r), _mm512_set1_ps(kExpPoly[k]));
+  y = _mm512_add_ps(_mm512_mul_ps(y, z), r);
+  y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  const __m512 out = _mm512_maskz_mov_ps(static_cast<__mmask16>(~low), _mm512_mul_ps(y, _mm512_castsi512_ps(e)));
+  return _mm512_mask_mov_ps(out, nan, x);
+}
+
+void softmax(float* s, int64_t n, float scale) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  __m512 vm = _mm512_set1_ps(-__builtin_inff());
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(s + i), vs);
+    _mm512_storeu_ps(s + i, x);
+    vm = _mm512_max_ps(x, vm);  // a NaN score is passed over, as in the scalar loop
+  }
+  const __mmask16 k = i < n ? tail_mask(n - i) : 0;
+  if (k != 0) {
+    const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + i), vs);
+    _mm512_mask_storeu_ps(s + i, k, x);
+    vm = _mm512_mask_max_ps(vm, k, x, vm);
+  }
+  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vm));
+  __m512 acc = _mm512_setzero_ps();
+  for (i = 0; i + 16 <= n; i += 16) {
+    const __m512 e = softmax_exp16(_mm512_sub_ps(_mm512_loadu_ps(s + i), m));
+    _mm512_storeu_ps(s + i, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  if (k != 0) {
+    const __m512 e = softmax_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + i), m));
+    _mm512_mask_storeu_ps(s + i, k, e);
+    acc = _mm512_mask_add_ps(acc, k, acc, e);
+  }
+  const __m512 sum = _mm512_set1_ps(tree_sum(acc));
+  for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(s + i, _mm512_div_ps(_mm512_loadu_ps(s + i), sum));
+  if (k != 0) _mm512_mask_storeu_ps(s + i, k, _mm512_div_ps(_mm512_maskz_loadu_ps(k, s + i), sum));
+}
+
 }  // namespace
 
 const KernelTable kAvx512Kernels = {
     ternary_gemm, quantize_row, rmsnorm, rmsnorm_quantize_row, relu2_mul, dot, axpy, dot_rows, axpy_rows,
-    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard,
+    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard, softmax,
 };
 
 }  // namespace onebit::cpu::detail

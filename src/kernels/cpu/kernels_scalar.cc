@@ -171,11 +171,13 @@ void rows_q4_to_f32(const uint8_t* rows, int64_t row_bytes, int64_t n_rows, int6
 
 void hadamard(float* x, int64_t d, float scale) { hadamard_plain(x, d, scale); }
 
+void softmax(float* s, int64_t n, float scale) { softmax_plain(s, n, scale); }
+
 }  // namespace
 
 const KernelTable kScalarKernels = {
     ternary_gemm, quantize_row, rmsnorm, rmsnorm_quantize_row, relu2_mul, dot, axpy, dot_rows, axpy_rows,
-    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard,
+    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard, softmax,
 };
 
 }  // namespace onebit::cpu::detail

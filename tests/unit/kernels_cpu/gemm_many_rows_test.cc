@@ -8,6 +8,8 @@
 // this CPU runs).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -192,6 +194,47 @@ TEST(AttentionRows, DotRowsAndAxpyRowsEqualThePerKeyLoops) {
       dot_rows(q.data(), k.data(), stride, n_keys, d, s1.data());
       for (int64_t j = 0; j < n_keys; ++j) ASSERT_TRUE(same_bits(s0[j], s1[j]));
     }
+  }
+}
+
+// Attention's softmax: the same bits on every ISA (lengths around the 8/16-lane edges, scores
+// spread over [-30, 30] and scaled), close to a float64 softmax with the true exponential, and the
+// edges: one score, equal scores, a score 200 below the max (its weight underflows to 0).
+TEST(AttentionRows, SoftmaxIsTheSameOnEveryIsaAndCloseToFloat64) {
+  std::mt19937 rng(91);
+  std::uniform_real_distribution<float> u(-30.0f, 30.0f);
+  for (int64_t n : {1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 513, 2049}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& v : x) v = u(rng);
+    const float scale = 0.08838834764831845f;  // 1 / sqrt(128)
+    std::vector<float> want = x;
+    softmax(want.data(), n, scale, Isa::kScalar);
+    for (Isa isa : supported_isas()) {
+      std::vector<float> got = x;
+      softmax(got.data(), n, scale, isa);
+      for (int64_t j = 0; j < n; ++j) ASSERT_TRUE(same_bits(got[j], want[j])) << isa_name(isa) << " n=" << n << " j=" << j;
+    }
+    double m = -1e300;
+    for (float v : x) m = std::max(m, double(v * scale));
+    double sum = 0;
+    for (float v : x) sum += std::exp(double(v * scale) - m);
+    for (int64_t j = 0; j < n; ++j) {
+      const double ref = std::exp(double(x[j] * scale) - m) / sum;
+      EXPECT_NEAR(want[j], ref, 1e-5 * ref + 1e-37) << "n=" << n << " j=" << j;  // 2 ulp exp, fp32 sum
+    }
+  }
+  for (Isa isa : supported_isas()) {
+    std::vector<float> one = {3.5f};
+    softmax(one.data(), 1, 1.0f, isa);
+    EXPECT_EQ(one[0], 1.0f);
+    std::vector<float> eq(37, -2.0f);
+    softmax(eq.data(), 37, 1.0f, isa);
+    for (float v : eq) EXPECT_FLOAT_EQ(v, 1.0f / 37.0f);
+    std::vector<float> far = {0.0f, -200.0f, -87.0f};
+    softmax(far.data(), 3, 1.0f, isa);
+    EXPECT_EQ(far[1], 0.0f) << isa_name(isa);
+    EXPECT_GT(far[2], 0.0f) << isa_name(isa);
+    EXPECT_NEAR(far[2], std::exp(-87.0), 4e-7 * std::exp(-87.0)) << isa_name(isa);
   }
 }
 
