@@ -494,11 +494,6 @@ void CpuBackend::kv_copy_block(const KvCacheView& kv, int32_t src, int32_t dst, 
 
 namespace {
 
-// s[j] *= scale, then softmax in place (cpu::softmax: max subtraction, a polynomial exp, the sum
-// in a fixed order, normalise), in fp32: the one sequence of operations the fast attention paths
-// share, so that they agree to the bit.
-void softmax_scaled(float* s, int64_t n, float scale) { cpu::softmax(s, n, scale); }
-
 // `count` consecutive rows of a KV cache as fp32: in place for an fp32 cache, else converted into
 // `buf` (count x head_dim floats) by the kernels (f16 exactly; q8 / q4r as scale * code, exactly
 // what dequantize_kv_row gives). The fast attention paths then run the fp32 kernels on them, so
@@ -528,7 +523,7 @@ void attention_row_f32(const KvCacheView& kv, int64_t layer, const float* qv, in
   for_kv_runs(kv, 0, layer, kvh, 0, n_keys, 0, [&](int64_t j0, int64_t count, const uint8_t* kr) {
     cpu::dot_rows(qv, reinterpret_cast<const float*>(kr), d, count, d, s + j0);
   });
-  softmax_scaled(s, n_keys, scale);
+  cpu::softmax(s, n_keys, scale);  // the fast paths' one softmax: they agree to the bit
   std::fill(o, o + d, 0.0f);
   for_kv_runs(kv, 1, layer, kvh, 0, n_keys, 0, [&](int64_t j0, int64_t count, const uint8_t* vr) {
     cpu::axpy_rows(s + j0, reinterpret_cast<const float*>(vr), d, count, d, o);
@@ -537,7 +532,7 @@ void attention_row_f32(const KvCacheView& kv, int64_t layer, const float* qv, in
 
 // Blocked attention, the same arithmetic as attention_row_f32 (and the per-(row, head) loop of
 // attention()) for every (row, head), bit for bit: every score is one dot(q, k) in the kernels'
-// fixed order, the softmax is the same scalar code, and each output row accumulates p·v over keys in
+// fixed order, the softmax is the same cpu::softmax, and each output row accumulates p·v over keys in
 // increasing order. Only the loop order changes: a task is one KV head and kQRows query rows
 // (kQRows x group query vectors), and keys are visited in tiles of kKeyTile rows (16 KB at head_dim
 // 128 in fp32) that stay in L1 while every query of the task uses them, instead of streaming each
@@ -575,7 +570,7 @@ void attention_blocked(cpu::ThreadPool& pool, const KvCacheView& kv, int64_t lay
       });
     });
     for_queries([&](int64_t, int64_t n_keys, const float*, float* o, float* s) {
-      softmax_scaled(s, n_keys, scale);
+      cpu::softmax(s, n_keys, scale);
       std::fill(o, o + d, 0.0f);
     });
     for_kv_runs(kv, 1, layer, kvh, 0, max_keys, kKeyTile, [&](int64_t j0, int64_t count, const uint8_t* rows) {

@@ -235,14 +235,6 @@ TEST(CudaEngine, DefaultModelMatchesCpu) {
   }
 }
 
-std::vector<int32_t> excerpt_ids(const Model& m) {
-  const Tokenizer tok = Tokenizer::from_data(m.tokenizer);
-  std::ifstream f(std::filesystem::path(ONEBIT_SOURCE_DIR) / "tests/data/default_model/valid_excerpt.txt");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return tok.encode(ss.str(), false);
-}
-
 // Free-running greedy decoding with a quantized cache, CUDA vs CPU (8 prompts of the validation
 // excerpt, 32 steps each), next to the same comparison with the fp32 cache: the quantized caches
 // must not make the two backends disagree more than fp32 does (the CPU's q4r continuations drift

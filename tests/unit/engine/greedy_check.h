@@ -4,12 +4,27 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <span>
+#include <sstream>
 #include <vector>
 
+#include "core/base/model.h"
+#include "core/tokenizer/tokenizer.h"
 #include "engine/engine.h"
 
 namespace onebit {
+
+// The default model's validation excerpt (tests/data/default_model/valid_excerpt.txt) as token ids
+// of model m's tokenizer, without BOS: the prompts greedy_agreement takes.
+inline std::vector<int32_t> excerpt_ids(const Model& m) {
+  const Tokenizer tok = Tokenizer::from_data(m.tokenizer);
+  std::ifstream f(std::filesystem::path(ONEBIT_SOURCE_DIR) / "tests/data/default_model/valid_excerpt.txt");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return tok.encode(ss.str(), false);
+}
 
 struct GreedyAgreement {
   int identical = 0;    // prompts whose `steps` greedy tokens are all equal

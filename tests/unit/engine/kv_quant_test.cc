@@ -397,14 +397,6 @@ TEST(KvQuantAttention, CopyBlockMovesRowsWithTheirScales) {
   }
 }
 
-std::vector<int32_t> excerpt_ids(const Model& m) {
-  const Tokenizer tok = Tokenizer::from_data(m.tokenizer);
-  std::ifstream f(std::filesystem::path(ONEBIT_SOURCE_DIR) / "tests/data/default_model/valid_excerpt.txt");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return tok.encode(ss.str(), false);
-}
-
 int32_t argmax(std::span<const float> v) {
   return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
 }

@@ -220,11 +220,7 @@ TEST(LmHeadInt8, DefaultModel) {
   const auto path = default_model();
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " missing";
   auto m = load_model(path.string());
-  const Tokenizer tok = Tokenizer::from_data(m->tokenizer);
-  std::ifstream f(std::filesystem::path(ONEBIT_SOURCE_DIR) / "tests/data/default_model/valid_excerpt.txt");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  const std::vector<int32_t> ids = tok.encode(ss.str(), false);
+  const std::vector<int32_t> ids = excerpt_ids(*m);
   ASSERT_GE(ids.size(), 1200u);
 
   auto a = Engine::load(*m, {.n_ctx = 512});
