@@ -320,6 +320,12 @@ class Backend {
   // from ffn_norm(x). The default throws Error (only called when fused_decode said yes).
   virtual void decode_layer(const LayerWeights& L, int64_t layer, const LayerBuffers& b, std::span<const SeqRows> seqs,
                             int64_t n_heads, float eps);
+  // Every layer of such a pass at once (optional): true if the backend ran them all (x complete),
+  // false to have decode_layer called per layer instead. The default returns false.
+  virtual bool decode_layers(std::span<const LayerWeights> /*layers*/, const LayerBuffers& /*b*/,
+                             std::span<const SeqRows> /*seqs*/, int64_t /*n_heads*/, float /*eps*/) {
+    return false;
+  }
 };
 
 }  // namespace onebit

@@ -215,6 +215,7 @@ void BitnetGraph::run_layers(GraphState& st, std::span<const int32_t> tokens, st
   // A backend may run each layer as a few fused kernels (the CUDA backend, one-row passes).
   if (be.fused_decode(n, hidden, H * c_.head_dim, c_.intermediate_size)) {
     const Backend::LayerBuffers b{st.x_, st.q_, st.k_, st.v_, st.attn_, st.gate_, st.up_};
+    if (be.decode_layers(layers_, b, seqs, H, eps)) return;  // the CUDA backend: one persistent kernel
     for (size_t l = 0; l < layers_.size(); ++l) be.decode_layer(layers_[l], static_cast<int64_t>(l), b, seqs, H, eps);
     return;
   }

@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
@@ -22,12 +24,15 @@
 #include "engine/cpu_backend.h"  // dense_row_to_f32
 #include "engine/rope_tables.h"
 #include "kernels/cuda/decode_fused_cuda.h"
+#include "kernels/cuda/decode_step_cuda.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/sample_cuda.h"
 #include "kernels/cuda/ternary_gemv_cuda.h"
 
 namespace onebit {
 namespace {
+
+std::atomic<int64_t> g_decode_steps{0};  // cuda_decode_steps_issued
 
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail("CUDA: {} failed: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
@@ -78,6 +83,10 @@ class CudaBackend final : public Backend {
         fail("ONEBIT_CUDA_FUSED_GEMV: expected 0, 1 or eight comma-separated integers, got \"{}\"", fg);
       for (int i = 0; i < 4; ++i) fshape_[i] = cuda::FusedGemvShape{v[2 * i], v[2 * i + 1]};
     }
+    // ONEBIT_CUDA_STEP=1: a one-sequence decode step as the persistent decode_step kernel instead
+    // of per-layer launches (same results; off by default: slower so far, docs/PERF.md).
+    const char* st = std::getenv("ONEBIT_CUDA_STEP");
+    step_ = fused_gemv_ && st != nullptr && std::string_view(st) == "1";
     const char* g = std::getenv("ONEBIT_CUDA_GRAPHS");
     use_graphs_ = !(g != nullptr && std::string_view(g) == "0");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -90,6 +99,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     drop_graphs();
     cudaStreamSynchronize(stream_);
+    for (auto& [k, plan] : step_plans_) cuda::decode_step_free(plan);
     for (void* p : owned_) cudaFree(p);
     cudaFree(d_params_);
     cudaFreeHost(h_params_);
@@ -550,6 +560,57 @@ class CudaBackend final : public Backend {
     gemv(b.gate, L.ffn_sub_norm, {{L.down, b.x}}, E::kResidual, 3, "ffn_down");
   }
 
+  // The whole layer stack of a one-sequence decode step as one persistent kernel (decode_step_cuda.h),
+  // where the cache type and widths allow; the plan (device copy of the layer table) is made once per
+  // set of activation buffers.
+  bool decode_layers(std::span<const LayerWeights> layers, const LayerBuffers& b, std::span<const SeqRows> seqs,
+                     int64_t n_heads, float eps) override {
+    if (!step_ || multi_ || cur_n_ != 1 || seqs.size() != 1 || layers.empty()) return false;
+    const KvCacheView& kv = *seqs.front().kv;
+    const cuda::KvView kvv = view(kv);
+    const DevTernary& q0 = tw(layers.front().q);
+    const int64_t hidden = q0.cols, qdim = q0.rows, inter = tw(layers.front().gate).rows;
+    if (kv.head_dim != head_dim_ || !cuda::decode_step_supported(kvv, n_heads, hidden, qdim, inter)) return false;
+    expect_pos(seqs.front().pos0, 1);
+    if (seqs.front().pos0 + 1 > kv.n_ctx)
+      fail("kv cache: position {} beyond the context ({})", seqs.front().pos0, kv.n_ctx);
+    const StepKey key{layers.data(), b.x, b.q, b.k, b.v, b.attn, b.gate, b.up};
+    auto it = step_plans_.find(key);
+    if (it == step_plans_.end()) {
+      if (capturing_) fail("cuda backend: a decode-step plan is made while recording a graph");
+      std::vector<cuda::DecodeStepLayer> dl;
+      for (const LayerWeights& L : layers) {
+        auto mat = [&](WeightHandle h) {
+          const DevTernary& w = tw(h);
+          return cuda::GemvMatrix{w.w, w.row_scale, w.rows, nullptr};
+        };
+        dl.push_back(cuda::DecodeStepLayer{mat(L.q), mat(L.k), mat(L.v), mat(L.o), mat(L.gate), mat(L.up),
+                                           mat(L.down), nw(L.attn_norm), nw(L.attn_sub_norm), nw(L.ffn_norm),
+                                           nw(L.ffn_sub_norm)});
+      }
+      cuda::DecodeStepPlan* plan = nullptr;
+      const char* why = nullptr;
+      const cudaError_t e = cuda::decode_step_plan(dl.data(), static_cast<int>(dl.size()), hidden, inter,
+                                                   cuda::DecodeStepBuffers{b.x, b.q, b.k, b.v, b.attn, b.gate, b.up},
+                                                   eps, &plan, &why);
+      if (e == cudaErrorInvalidValue) {
+        cudaGetLastError();
+        std::fprintf(stderr, "1bit: cuda: decode steps as per-layer launches (the persistent step kernel: %s)\n",
+                     why != nullptr ? why : "?");
+        step_ = false;  // a shape the step does not serve: per-layer launches from now on
+        return false;
+      }
+      check(e, "decode_step_plan");
+      it = step_plans_.emplace(key, plan).first;
+    }
+    grow(reinterpret_cast<void**>(&attn_scratch_), &attn_scratch_floats_,
+         cuda::attention_scratch_floats(kv.n_ctx, 1, n_heads, kv.head_dim), 4);
+    check(cuda::decode_step(it->second, kvv, n_heads, d_params_, cos_, sin_, attn_scratch_, pdl_, stream_),
+          "decode_step");
+    g_decode_steps.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+
   void lm_head(WeightHandle wh, const float* x, int64_t n, float* logits) override {
     const DevDense& d = dw(wh);
     head_on_device(d, x, n);
@@ -776,6 +837,9 @@ class CudaBackend final : public Backend {
   int64_t head_q_rows_ = 0;
   using GraphKey = std::pair<ReplayKey, uint64_t>;  // the pass's key and cache geometry (pass_sig_)
   std::map<GraphKey, Recording> graphs_;
+  using StepKey = std::array<const void*, 8>;  // the layer table and the activation buffers
+  std::map<StepKey, cuda::DecodeStepPlan*> step_plans_;
+  bool step_ = false;
   uint64_t pass_sig_ = 0;
   size_t weight_bytes_ = 0;
 };
@@ -783,6 +847,8 @@ class CudaBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<CudaBackend>(); }
+
+int64_t cuda_decode_steps_issued() { return g_decode_steps.load(std::memory_order_relaxed); }
 
 double cuda_copy_bandwidth(size_t bytes, int passes) {
   check(cudaSetDevice(0), "cudaSetDevice");
@@ -838,6 +904,8 @@ bool cuda_available(std::string* why) {
 }
 
 double cuda_copy_bandwidth(size_t, int) { fail("this build of 1bit has no CUDA backend"); }
+
+int64_t cuda_decode_steps_issued() { return 0; }
 
 }  // namespace onebit
 

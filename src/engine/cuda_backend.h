@@ -6,6 +6,7 @@
 // saying so; on a machine without a usable GPU it throws an Error with the CUDA runtime's reason.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -22,5 +23,10 @@ bool cuda_available(std::string* why = nullptr);
 // Device-to-device copy rate of GPU 0 in bytes/s (bytes read + bytes written), best of `passes`
 // copies of `bytes` after one warm-up: the practical memory roofline `1bit bench` divides by.
 double cuda_copy_bandwidth(size_t bytes = size_t{1} << 31, int passes = 10);
+
+// How many one-sequence decode steps this process has issued as the persistent decode_step kernel
+// (eagerly or into a recorded graph; replays of a recording are not counted): tests check that the
+// path they compare ran. 0 in a build without CUDA.
+int64_t cuda_decode_steps_issued();
 
 }  // namespace onebit
