@@ -87,6 +87,8 @@ class CudaBackend final : public Backend {
     // of per-layer launches (same results; off by default: slower so far, docs/PERF.md).
     const char* st = std::getenv("ONEBIT_CUDA_STEP");
     step_ = fused_gemv_ && st != nullptr && std::string_view(st) == "1";
+    const char* tr = std::getenv("ONEBIT_CUDA_STEP_TRACE");
+    trace_step_ = step_ && tr != nullptr && std::string_view(tr) == "1";
     const char* g = std::getenv("ONEBIT_CUDA_GRAPHS");
     use_graphs_ = !(g != nullptr && std::string_view(g) == "0");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -100,6 +102,15 @@ class CudaBackend final : public Backend {
     drop_graphs();
     cudaStreamSynchronize(stream_);
     for (auto& [k, plan] : step_plans_) cuda::decode_step_free(plan);
+    if (d_trace_ != nullptr) cudaFree(d_trace_);
+    if (trace_steps_ > 0) {
+      const double n = static_cast<double>(trace_steps_) * 1e3;  // ns -> µs per step
+      std::fprintf(stderr,
+                   "1bit: cuda: decode step trace over %lld steps, µs a step summed over layers (the slowest "
+                   "block): q/k/v %.1f, attention %.1f, o %.1f, gate/up %.1f, down %.1f, grid barriers %.1f\n",
+                   static_cast<long long>(trace_steps_), trace_sum_[0] / n, trace_sum_[1] / n, trace_sum_[2] / n,
+                   trace_sum_[3] / n, trace_sum_[4] / n, trace_sum_[5] / n);
+    }
     for (void* p : owned_) cudaFree(p);
     cudaFree(d_params_);
     cudaFreeHost(h_params_);
@@ -605,9 +616,31 @@ class CudaBackend final : public Backend {
     }
     grow(reinterpret_cast<void**>(&attn_scratch_), &attn_scratch_floats_,
          cuda::attention_scratch_floats(kv.n_ctx, 1, n_heads, kv.head_dim), 4);
-    check(cuda::decode_step(it->second, kvv, n_heads, d_params_, cos_, sin_, attn_scratch_, pdl_, stream_),
+    const int tw_words = cuda::decode_step_trace_words(it->second);
+    if (trace_step_ && !capturing_ && static_cast<int>(trace_host_.size()) < tw_words) {
+      if (d_trace_ != nullptr) cudaFree(d_trace_);
+      check(cudaMalloc(&d_trace_, static_cast<size_t>(tw_words) * 8), "cudaMalloc (trace)");
+      trace_host_.assign(static_cast<size_t>(tw_words), 0);
+    }
+    const bool tracing = trace_step_ && !capturing_ && d_trace_ != nullptr;
+    if (tracing) check(cudaMemsetAsync(d_trace_, 0, static_cast<size_t>(tw_words) * 8, stream_), "cudaMemsetAsync");
+    check(cuda::decode_step(it->second, kvv, n_heads, d_params_, cos_, sin_, attn_scratch_, pdl_, stream_,
+                            tracing ? d_trace_ : nullptr),
           "decode_step");
     g_decode_steps.fetch_add(1, std::memory_order_relaxed);
+    if (tracing) {  // phase j (j > 0) ran from block 0's departure of barrier j - 1 to the last arrival at j
+      check(cudaMemcpyAsync(trace_host_.data(), d_trace_, static_cast<size_t>(tw_words) * 8, cudaMemcpyDeviceToHost,
+                            stream_),
+            "cudaMemcpyAsync (trace)");
+      check(cudaStreamSynchronize(stream_), "decode_step (trace)");
+      const int phases = tw_words / 2;
+      for (int j = 1; j < phases; ++j) {
+        const double work = static_cast<double>(trace_host_[2 * j] - trace_host_[2 * (j - 1) + 1]);
+        trace_sum_[j % 5] += work;
+        if (j < phases - 1) trace_sum_[5] += static_cast<double>(trace_host_[2 * j + 1] - trace_host_[2 * j]);
+      }
+      ++trace_steps_;
+    }
     return true;
   }
 
@@ -840,6 +873,13 @@ class CudaBackend final : public Backend {
   using StepKey = std::array<const void*, 8>;  // the layer table and the activation buffers
   std::map<StepKey, cuda::DecodeStepPlan*> step_plans_;
   bool step_ = false;
+  // ONEBIT_CUDA_STEP_TRACE=1 (with ONEBIT_CUDA_STEP=1): each eagerly launched step records its
+  // phases' times (decode_step's trace); the sums per phase go to stderr when the backend closes.
+  bool trace_step_ = false;
+  unsigned long long* d_trace_ = nullptr;
+  std::vector<unsigned long long> trace_host_;
+  double trace_sum_[6] = {};  // q/k/v (from layer 1), attention, o, gate/up, down, barriers (ns)
+  int64_t trace_steps_ = 0;
   uint64_t pass_sig_ = 0;
   size_t weight_bytes_ = 0;
 };

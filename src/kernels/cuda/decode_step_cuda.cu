@@ -17,8 +17,9 @@ namespace {
 using attn::kAttnThreads;
 using fused::FSet;
 
-// 16 warps (warps 0-3 also do attention), 128 registers a thread; the GEMV prologue holds 16
-// inputs a thread.
+// 16 warps (warps 0-3 also do attention), 128 registers a thread; the GEMV prologue holds 16 inputs
+// a thread. (12 warps with 168 registers, and the phases inlined instead of called, measured the
+// same: docs/PERF.md.)
 constexpr int kStepThreads = 512;
 constexpr int kStepMaxCols = 16 * kStepThreads;
 constexpr size_t kCodesBytes = static_cast<size_t>(kFusedGemvMaxCols);  // the int8 codes of one input vector
@@ -48,6 +49,7 @@ struct StepArgs {
   const float *cos_t, *sin_t;
   float* scratch;
   unsigned* sync;
+  unsigned long long* trace;  // nullptr, or decode_step_trace_words words (zeroed)
 };
 
 __device__ __forceinline__ void block_sync_all() { asm volatile("bar.sync 15, %0;" ::"n"(kStepThreads) : "memory"); }
@@ -60,18 +62,29 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
 // Grid-wide barrier: every block's threads meet (named barrier 15: warps may arrive from different
 // code, e.g. the attention warps from inside attention_fast_block), thread 0 publishes the block's
 // writes and counts in, waits for the whole grid, and the block meets again.
+// With a trace (decode_step_trace_words), barrier k records the last block's arrival (word 2k,
+// atomicMax of %globaltimer) and block 0's departure (word 2k + 1).
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
 struct GridBarrier {
   unsigned* count;
   unsigned target;
+  unsigned long long* trace;
   __device__ __forceinline__ void operator()() {
     block_sync_all();
     target += gridDim.x;
     if (threadIdx.x == 0) {
+      const unsigned k = target / gridDim.x - 1;
+      if (trace != nullptr) atomicMax(trace + 2 * k, global_ns());
       __threadfence();
       atomicAdd(count, 1u);
       while (load_acquire(count) < target) {
       }
       __threadfence();
+      if (trace != nullptr && blockIdx.x == 0) trace[2 * k + 1] = global_ns();
     }
     block_sync_all();
   }
@@ -156,7 +169,7 @@ __global__ void __launch_bounds__(kStepThreads, 1) decode_step_kernel(StepArgs a
   __shared__ int s_last;
   __shared__ fused::GemvSmem gsm;
   __shared__ attn::MergeSmem msm;
-  GridBarrier bar{a.sync + kSyncCount, 0};
+  GridBarrier bar{a.sync + kSyncCount, 0, a.trace};
   const int tid = threadIdx.x;
 
   for (int l = 0; l < a.n_layers; ++l) {
@@ -179,6 +192,7 @@ __global__ void __launch_bounds__(kStepThreads, 1) decode_step_kernel(StepArgs a
   // The last block out re-arms the barrier for the next launch (no block still reads the counter).
   __syncthreads();
   if (tid == 0) {
+    if (a.trace != nullptr) atomicMax(a.trace + 2 * (5 * a.n_layers - 1), global_ns());  // the last block's end
     __threadfence();
     if (atomicAdd(a.sync + kSyncExit, 1u) == gridDim.x - 1) {
       a.sync[kSyncCount] = 0;
@@ -343,8 +357,11 @@ void decode_step_free(DecodeStepPlan* plan) {
   delete plan;
 }
 
+int decode_step_trace_words(const DecodeStepPlan* plan) { return plan == nullptr ? 0 : 2 * 5 * plan->n_layers; }
+
 cudaError_t decode_step(const DecodeStepPlan* plan, const KvView& kv, int64_t n_heads, const int32_t* pos0,
-                        const float* cos_t, const float* sin_t, float* scratch, bool pdl, cudaStream_t stream) {
+                        const float* cos_t, const float* sin_t, float* scratch, bool pdl, cudaStream_t stream,
+                        unsigned long long* trace) {
   if (plan == nullptr || pos0 == nullptr || cos_t == nullptr || sin_t == nullptr ||
       !decode_step_supported(kv, n_heads, plan->hidden, plan->qdim, plan->inter) || kv.n_layers < plan->n_layers ||
       kv.n_kv_heads > plan->n_kv_max || kv.n_kv_heads * kv.head_dim != plan->kvdim ||
@@ -366,6 +383,7 @@ cudaError_t decode_step(const DecodeStepPlan* plan, const KvView& kv, int64_t n_
   a.sin_t = sin_t;
   a.scratch = scratch;
   a.sync = plan->sync;
+  a.trace = trace;
   const int dpl = static_cast<int>(kv.head_dim / 32);
   cudaLaunchConfig_t lc = {};
   lc.gridDim = dim3(static_cast<unsigned>(plan->grid));

@@ -56,7 +56,14 @@ void decode_step_free(DecodeStepPlan* plan);
 // (device), its embedding already in buffers.x; on return x holds the last layer's output (before
 // the final norm). cos_t / sin_t: the RoPE tables; scratch: attention_scratch_floats(kv.n_ctx, 1,
 // n_heads, head_dim) floats. pdl: launched with programmatic dependent launch (sm_90).
+// trace (optional, for measurements): decode_step_trace_words(plan) zeroed words that receive, for
+// the k-th grid barrier of the step (k = 0 .. 5 * layers - 2; the barrier before phase k + 1 of the
+// sequence q/k/v, attention, o, gate/up, down, q/k/v of the next layer, ...), the last block's
+// arrival (word 2k) and block 0's departure (word 2k + 1) in %globaltimer ns, and in word
+// 2 (5 * layers - 1) the last block's end: phase j > 0 ran from departure j - 1 to arrival j.
 cudaError_t decode_step(const DecodeStepPlan* plan, const KvView& kv, int64_t n_heads, const int32_t* pos0,
-                        const float* cos_t, const float* sin_t, float* scratch, bool pdl, cudaStream_t stream);
+                        const float* cos_t, const float* sin_t, float* scratch, bool pdl, cudaStream_t stream,
+                        unsigned long long* trace = nullptr);
+int decode_step_trace_words(const DecodeStepPlan* plan);
 
 }  // namespace onebit::cuda
