@@ -25,9 +25,6 @@ int64_t pass_piece(int64_t left, int64_t batch) {
   const int64_t t = input_piece_rows(left, batch);
   return t > 0 ? t : std::min(left, batch);
 }
-}  // namespace
-
-namespace {
 
 // Every id in [0, vocab), else Error naming the first bad one (`where` prefixes the message).
 void check_ids(std::span<const int32_t> tokens, int64_t vocab, std::string_view where) {

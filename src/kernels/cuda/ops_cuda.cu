@@ -1532,7 +1532,7 @@ int gemm_slices(int64_t blocks, int K) {
   int s = forced;
   if (s == 0) {
     const int64_t sms = sm_count();
-    s = blocks < sms ? 4 : (blocks < 3 * sms ? 2 : 1);
+    s = blocks < sms ? kGemmMaxSlices : (blocks < 3 * sms ? 2 : 1);
   }
   while (s > 1 && K < 4 * s) s /= 2;
   return s;
