@@ -319,7 +319,7 @@ void CpuBackend::rmsnorm_quantize(const float* x, WeightHandle wh, int64_t n, fl
   const int64_t dim = static_cast<int64_t>(w.size());
   if (n > q.rows || dim != q.cols) fail("rmsnorm_quantize: {}x{} rows into a {}x{} buffer", n, dim, q.rows, q.cols);
   if (!reference_) {
-    cpu::rmsnorm_quantize(x, w.data(), n, dim, eps, qa(q));
+    rows_then_rmsnorm_quantize(x, wh, n, eps, q, [](int64_t, int64_t) {});
     return;
   }
   std::vector<float>& tmp = scratch(static_cast<size_t>(dim), 0);
@@ -330,6 +330,43 @@ void CpuBackend::rmsnorm_quantize(const float* x, WeightHandle wh, int64_t n, fl
     for (int64_t c = 0; c < dim; ++c) tmp[static_cast<size_t>(c)] = (x[i * dim + c] * r) * w[static_cast<size_t>(c)];
     ref_quantize_row(tmp.data(), dim, out.row(i), &out.scale[static_cast<size_t>(i)], &out.sum[static_cast<size_t>(i)]);
   }
+}
+
+// Rows [i0, i1) of x: first before(i0, i1) (an elementwise step that makes them), then their
+// rmsnorm_quantize; ranges of at least 8 rows on the pool's threads. Rows are independent and
+// each step is elementwise or per row, so this is the unfused sequence bit for bit, with one
+// dispatch instead of two and each row still in cache for the second step. Before this the
+// prefill's norms (and the relu2 and residual steps the graph fuses with them) ran on the calling
+// thread alone while the other threads waited.
+template <typename Before>
+void CpuBackend::rows_then_rmsnorm_quantize(const float* x, WeightHandle wh, int64_t n, float eps, QuantBuffer q,
+                                            Before&& before) {
+  const std::vector<float>& w = impl_->nw(wh);
+  const int64_t dim = static_cast<int64_t>(w.size());
+  if (n > q.rows || dim != q.cols) fail("rmsnorm_quantize: {}x{} rows into a {}x{} buffer", n, dim, q.rows, q.cols);
+  cpu::QuantizedActs& out = qa(q);
+  out.resize(n, dim);
+  impl_->pool.parallel_for(n, 8, [&](int64_t i0, int64_t i1) {
+    before(i0, i1);
+    cpu::rmsnorm_quantize_rows(x, w.data(), i0, i1, dim, eps, out);
+  });
+}
+
+void CpuBackend::add_rmsnorm_quantize(float* x, const float* y, WeightHandle w, int64_t n, float eps, QuantBuffer q) {
+  if (reference_) return Backend::add_rmsnorm_quantize(x, y, w, n, eps, q);
+  const int64_t dim = w.cols;
+  rows_then_rmsnorm_quantize(x, w, n, eps, q, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0 * dim; i < i1 * dim; ++i) x[i] += y[i];  // add()'s arithmetic
+  });
+}
+
+void CpuBackend::relu2_mul_rmsnorm_quantize(float* gate, const float* up, WeightHandle w, int64_t n, float eps,
+                                            QuantBuffer q) {
+  if (reference_) return Backend::relu2_mul_rmsnorm_quantize(gate, up, w, n, eps, q);
+  const int64_t dim = w.cols;
+  rows_then_rmsnorm_quantize(gate, w, n, eps, q, [&](int64_t i0, int64_t i1) {
+    cpu::relu2_mul(gate + i0 * dim, up + i0 * dim, (i1 - i0) * dim, gate + i0 * dim);
+  });
 }
 
 void CpuBackend::quantize(const float* x, int64_t n, int64_t dim, QuantBuffer q) {
@@ -536,9 +573,12 @@ void attention_row_f32(const KvCacheView& kv, int64_t layer, const float* qv, in
 // increasing order. Only the loop order changes: a task is one KV head and kQRows query rows
 // (kQRows x group query vectors), and keys are visited in tiles of kKeyTile rows (16 KB at head_dim
 // 128 in fp32) that stay in L1 while every query of the task uses them, instead of streaming each
-// head's K and V from L2 once per query vector. A tile of an f16, q8 or q4r cache is converted to
-// fp32 once per task, not once per query vector; their tasks take 16 query rows instead of 4, so
-// that a prefill converts each tile 4x less often (5 % faster q4r prefill on the default model).
+// head's K and V from L2 once per query vector. Within a tile, the queries that see the same number
+// of its keys (the heads of one row always do; all rows do except near the diagonal) go to one
+// dot_rows_multi / axpy_rows_multi call, which loads each key and value row once per 4 queries.
+// A tile of an f16, q8 or q4r cache is converted to fp32 once per task, not once per query vector;
+// their tasks take 16 query rows instead of 4, so that a prefill converts each tile 4x less often
+// (5 % faster q4r prefill on the default model).
 void attention_blocked(cpu::ThreadPool& pool, const KvCacheView& kv, int64_t layer, const float* q, int64_t n,
                        int64_t n_heads, int64_t pos0, float* out) {
   constexpr int64_t kKeyTile = 32;
@@ -550,38 +590,63 @@ void attention_blocked(cpu::ThreadPool& pool, const KvCacheView& kv, int64_t lay
   auto task = [&](int64_t t) {
     const int64_t kvh = t % kv.n_kv_heads, i0 = t / kv.n_kv_heads * kQRows, i1 = std::min(n, i0 + kQRows);
     const int64_t max_keys = pos0 + i1;  // the last row sees the most keys
-    // Scores, then probabilities, of query (i, h) at sc[((i - i0) * group + h - kvh * group) * max_keys].
-    std::vector<float>& sc = scratch(static_cast<size_t>((i1 - i0) * group * max_keys), 0);
+    const int64_t nq = (i1 - i0) * group;
+    // Scores, then probabilities, of query a = (i - i0) * group + (h - kvh * group) at sc[a * max_keys].
+    std::vector<float>& sc = scratch(static_cast<size_t>(nq * max_keys), 0);
     float* tile = scratch(static_cast<size_t>(kKeyTile * d), 1).data();
-    auto for_queries = [&](auto&& fn) {
-      for (int64_t i = i0; i < i1; ++i) {
-        for (int64_t hh = 0; hh < group; ++hh) {
-          const int64_t h = kvh * group + hh;
-          fn(i, pos0 + i + 1, q + (i * n_heads + h) * d, out + (i * n_heads + h) * d,
-             sc.data() + ((i - i0) * group + hh) * max_keys);
-        }
+    // Per query a: its vector, scores, output; and the score pointers shifted to a tile's first key.
+    thread_local std::vector<const float*> cptrs;
+    thread_local std::vector<float*> mptrs;
+    cptrs.resize(static_cast<size_t>(2 * nq));
+    mptrs.resize(static_cast<size_t>(3 * nq));
+    const float** qv = cptrs.data();
+    const float** p_at = qv + nq;
+    float** sv = mptrs.data();
+    float** ov = sv + nq;
+    float** s_at = ov + nq;
+    for (int64_t a = 0; a < nq; ++a) {
+      const int64_t i = i0 + a / group, h = kvh * group + a % group;
+      qv[a] = q + (i * n_heads + h) * d;
+      ov[a] = out + (i * n_heads + h) * d;
+      sv[a] = sc.data() + a * max_keys;
+    }
+    auto keys_of = [&](int64_t a) { return pos0 + i0 + a / group + 1; };  // query a sees keys [0, keys_of(a))
+    // Runs [a, a + m) of queries that see the same c > 0 keys of the tile [j0, j0 + count): rows see
+    // ever more keys, so each run is whole rows.
+    auto for_runs = [&](int64_t j0, int64_t count, auto&& fn) {
+      for (int64_t a = 0; a < nq;) {
+        const int64_t c = std::min(count, keys_of(a) - j0);
+        int64_t b = a + group;
+        while (b < nq && std::min(count, keys_of(b) - j0) == c) b += group;
+        if (c > 0) fn(a, b - a, c);
+        a = b;
       }
     };
     // Key tiles never cross a KV block (a block's rows of one head are contiguous).
     for_kv_runs(kv, 0, layer, kvh, 0, max_keys, kKeyTile, [&](int64_t j0, int64_t count, const uint8_t* rows) {
       const float* kr = as_f32(rows, count, tile);
-      for_queries([&](int64_t, int64_t n_keys, const float* qv, float*, float* s) {
-        if (j0 < n_keys) cpu::dot_rows(qv, kr, d, std::min(count, n_keys - j0), d, s + j0);
-      });
+      for (int64_t a = 0; a < nq; ++a) s_at[a] = sv[a] + j0;
+      for_runs(j0, count,
+               [&](int64_t a, int64_t m, int64_t c) { cpu::dot_rows_multi(qv + a, m, kr, d, c, d, s_at + a); });
     });
-    for_queries([&](int64_t, int64_t n_keys, const float*, float* o, float* s) {
-      cpu::softmax(s, n_keys, scale);
-      std::fill(o, o + d, 0.0f);
-    });
+    for (int64_t a = 0; a < nq; ++a) {
+      cpu::softmax(sv[a], keys_of(a), scale);
+      std::fill(ov[a], ov[a] + d, 0.0f);
+    }
     for_kv_runs(kv, 1, layer, kvh, 0, max_keys, kKeyTile, [&](int64_t j0, int64_t count, const uint8_t* rows) {
       const float* vr = as_f32(rows, count, tile);
-      for_queries([&](int64_t, int64_t n_keys, const float*, float* o, float* s) {
-        if (j0 < n_keys) cpu::axpy_rows(s + j0, vr, d, std::min(count, n_keys - j0), d, o);
-      });
+      for (int64_t a = 0; a < nq; ++a) p_at[a] = sv[a] + j0;
+      for_runs(j0, count,
+               [&](int64_t a, int64_t m, int64_t c) { cpu::axpy_rows_multi(p_at + a, m, vr, d, c, d, ov + a); });
     });
   };
-  pool.parallel_for(n_blocks * kv.n_kv_heads, 1, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) task(t);
+  // Last rows first: a task's cost grows with its row (it sees more keys), and the pool hands out
+  // about 4 chunks of consecutive tasks per thread in order. In row order the largest chunk came
+  // last and one thread waited for it (with 2 threads and 8 chunks: 36 vs the ideal 32 units of a
+  // causal prefill's attention); largest first, the greedy claims come out even.
+  const int64_t n_tasks = n_blocks * kv.n_kv_heads;
+  pool.parallel_for(n_tasks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) task(n_tasks - 1 - t);
   });
 }
 

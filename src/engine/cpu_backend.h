@@ -49,6 +49,9 @@ class CpuBackend final : public Backend {
   void embed(WeightHandle table, std::span<const int32_t> tokens, float* x) override;
   void rmsnorm(const float* x, WeightHandle w, int64_t n, float eps, float* y) override;
   void rmsnorm_quantize(const float* x, WeightHandle w, int64_t n, float eps, QuantBuffer q) override;
+  void add_rmsnorm_quantize(float* x, const float* y, WeightHandle w, int64_t n, float eps, QuantBuffer q) override;
+  void relu2_mul_rmsnorm_quantize(float* gate, const float* up, WeightHandle w, int64_t n, float eps,
+                                  QuantBuffer q) override;
   void quantize(const float* x, int64_t n, int64_t dim, QuantBuffer q) override;
   void ternary_matmul(WeightHandle w, QuantBuffer q, int64_t n, float* y) override;
   void rope(float* x, int64_t n, int64_t n_heads, int64_t pos0) override;
@@ -73,6 +76,11 @@ class CpuBackend final : public Backend {
   struct Impl;
 
  private:
+  // rmsnorm_quantize of n rows of x, each range of rows made first by before(i0, i1); on the pool.
+  template <typename Before>
+  void rows_then_rmsnorm_quantize(const float* x, WeightHandle w, int64_t n, float eps, QuantBuffer q,
+                                  Before&& before);
+
   bool reference_;
   std::unique_ptr<Impl> impl_;
 };

@@ -127,9 +127,17 @@ void rmsnorm(const float* x, const float* weight, int64_t rows, int64_t cols, fl
 
 void rmsnorm_quantize(const float* x, const float* weight, int64_t rows, int64_t cols, float eps,
                       QuantizedActs& out, Isa isa) {
-  const auto& k = table(isa);
   out.resize(rows, cols);
-  for (int64_t i = 0; i < rows; ++i) {
+  rmsnorm_quantize_rows(x, weight, 0, rows, cols, eps, out, isa);
+}
+
+void rmsnorm_quantize_rows(const float* x, const float* weight, int64_t r0, int64_t r1, int64_t cols, float eps,
+                           QuantizedActs& out, Isa isa) {
+  if (r0 < 0 || r1 > out.rows() || cols != out.cols())
+    fail("rmsnorm_quantize_rows: rows [{}, {}) of {} columns into a {}x{} buffer", r0, r1, cols, out.rows(),
+         out.cols());
+  const auto& k = table(isa);
+  for (int64_t i = r0; i < r1; ++i) {
     out.scale[i] = k.rmsnorm_quantize_row(x + i * cols, weight, cols, eps, out.row(i), &out.sum[i]);
     zero_padding(out, i);
   }
@@ -149,6 +157,16 @@ void dot_rows(const float* q, const float* k, int64_t k_stride, int64_t n_keys, 
 
 void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys, int64_t d, float* out, Isa isa) {
   if (n_keys > 0) table(isa).axpy_rows(p, v, v_stride, n_keys, d, out);
+}
+
+void dot_rows_multi(const float* const* q, int64_t n_q, const float* k, int64_t k_stride, int64_t n_keys, int64_t d,
+                    float* const* out, Isa isa) {
+  if (n_q > 0 && n_keys > 0) table(isa).dot_rows_multi(q, n_q, k, k_stride, n_keys, d, out);
+}
+
+void axpy_rows_multi(const float* const* p, int64_t n_q, const float* v, int64_t v_stride, int64_t n_keys, int64_t d,
+                     float* const* out, Isa isa) {
+  if (n_q > 0 && n_keys > 0) table(isa).axpy_rows_multi(p, n_q, v, v_stride, n_keys, d, out);
 }
 
 void softmax(float* s, int64_t n, float scale, Isa isa) {

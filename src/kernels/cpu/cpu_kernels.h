@@ -62,6 +62,11 @@ void rmsnorm(const float* x, const float* weight, int64_t rows, int64_t cols, fl
 // rmsnorm then quantize_activations, bit-identical to doing both, without the float temporary.
 void rmsnorm_quantize(const float* x, const float* weight, int64_t rows, int64_t cols, float eps,
                       QuantizedActs& out, Isa isa = Isa::kAuto);
+// rmsnorm_quantize of rows [r0, r1) only (row i at x + i * cols), into `out` already resized to at
+// least r1 rows of `cols`: rows are independent, so threads that each take a range of rows give
+// the bits rmsnorm_quantize gives. Throws Error if `out` does not have those rows and columns.
+void rmsnorm_quantize_rows(const float* x, const float* weight, int64_t r0, int64_t r1, int64_t cols, float eps,
+                           QuantizedActs& out, Isa isa = Isa::kAuto);
 
 // out[i] = max(gate[i], 0)² · up[i]  (BitNet's relu2 FFN activation); out may alias gate or up.
 void relu2_mul(const float* gate, const float* up, int64_t n, float* out, Isa isa = Isa::kAuto);
@@ -79,6 +84,17 @@ void dot_rows(const float* q, const float* k, int64_t k_stride, int64_t n_keys, 
               Isa isa = Isa::kAuto);
 void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys, int64_t d, float* out,
                Isa isa = Isa::kAuto);
+// The same for n_q queries at once against one set of keys / values (a tile of the KV cache that
+// several query vectors attend to: the heads sharing a KV head, consecutive prompt rows), each
+// query bit-identical to its own dot_rows / axpy_rows call; the SIMD versions load every key and
+// value row once per block of up to 4 queries instead of once per query:
+//   dot_rows_multi:  dot_rows(q[a], k, k_stride, n_keys, d, out[a])     for a < n_q
+//   axpy_rows_multi: axpy_rows(p[a], v, v_stride, n_keys, d, out[a])    for a < n_q
+// (axpy: the out[a] must not overlap each other, v or the p[b].)
+void dot_rows_multi(const float* const* q, int64_t n_q, const float* k, int64_t k_stride, int64_t n_keys, int64_t d,
+                    float* const* out, Isa isa = Isa::kAuto);
+void axpy_rows_multi(const float* const* p, int64_t n_q, const float* v, int64_t v_stride, int64_t n_keys, int64_t d,
+                     float* const* out, Isa isa = Isa::kAuto);
 
 // Attention's softmax over n scores, in place: s[j] * scale, then e_j = e^(s_j - max) by a
 // polynomial within 2 ulp of expf (kernel_table.h, softmax_exp; 0 below -87.33), and e_j / sum with

@@ -99,6 +99,14 @@ struct KernelTable {
   // Attention's softmax over n scores, in place: s[j] * scale, the max m, e_j = softmax_exp(s_j - m),
   // their sum in the canonical 16-lane order (dot's), then s[j] = e_j / sum.
   void (*softmax)(float* s, int64_t n, float scale);
+  // n_q queries against the same keys: out[a][j] = dot(q[a], k + j * k_stride, d), i.e. dot_rows
+  // for each a, bit for bit (the SIMD versions load each key once for a block of queries).
+  void (*dot_rows_multi)(const float* const* q, int64_t n_q, const float* k, int64_t k_stride, int64_t n_keys,
+                         int64_t d, float* const* out);
+  // axpy_rows(p[a], v, v_stride, n_keys, d, out[a]) for each a < n_q, bit for bit; the out[a] must
+  // not overlap each other or v.
+  void (*axpy_rows_multi)(const float* const* p, int64_t n_q, const float* v, int64_t v_stride, int64_t n_keys,
+                          int64_t d, float* const* out);
 };
 
 // e^x for the softmax (whose arguments are <= 0), one fp32 operation a step so that the SIMD

@@ -271,6 +271,114 @@ void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys,
   for (int64_t j = 0; j < n_keys; ++j) axpy(p[j], v + j * v_stride, out, d);
 }
 
+// Several queries against the same keys. dot_rows_multi: NQ (<= 2) queries x 2 keys, dot's two
+// 8-lane halves per pair (8 accumulators), every key and query load shared; the tail and the tree
+// on a spilled copy in dot's scalar order. Keys past n_keys (the last odd one) repeat that key;
+// their results are not stored.
+template <int NQ>
+void dot_rows_multi_block(const float* const* q, const float* k, int64_t k_stride, int64_t n_keys, int64_t d,
+                          float* const* out) {
+  const int64_t full = d / 16 * 16;
+  for (int64_t j = 0; j < n_keys; j += 2) {
+    const int64_t nk = n_keys - j < 2 ? n_keys - j : 2;
+    const float* kr[2] = {k + j * k_stride, k + (j + nk - 1) * k_stride};
+    __m256 lo[NQ][2], hi[NQ][2];
+    for (int a = 0; a < NQ; ++a)
+      for (int r = 0; r < 2; ++r) lo[a][r] = hi[a][r] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < full; i += 16) {
+      const __m256 k0l = _mm256_loadu_ps(kr[0] + i), k0h = _mm256_loadu_ps(kr[0] + i + 8);
+      const __m256 k1l = _mm256_loadu_ps(kr[1] + i), k1h = _mm256_loadu_ps(kr[1] + i + 8);
+#pragma GCC unroll 2
+      for (int a = 0; a < NQ; ++a) {
+        const __m256 ql = _mm256_loadu_ps(q[a] + i), qh = _mm256_loadu_ps(q[a] + i + 8);
+        lo[a][0] = _mm256_add_ps(lo[a][0], _mm256_mul_ps(ql, k0l));
+        hi[a][0] = _mm256_add_ps(hi[a][0], _mm256_mul_ps(qh, k0h));
+        lo[a][1] = _mm256_add_ps(lo[a][1], _mm256_mul_ps(ql, k1l));
+        hi[a][1] = _mm256_add_ps(hi[a][1], _mm256_mul_ps(qh, k1h));
+      }
+    }
+    for (int a = 0; a < NQ; ++a)
+      for (int64_t r = 0; r < nk; ++r) {
+        float p[16];
+        _mm256_storeu_ps(p, lo[a][r]);
+        _mm256_storeu_ps(p + 8, hi[a][r]);
+        for (int t = 0; full + t < d; ++t) {
+          const float prod = q[a][full + t] * kr[r][full + t];
+          p[t] = p[t] + prod;
+        }
+        for (int width = 8; width >= 1; width /= 2) {
+          for (int t = 0; t < width; ++t) p[t] = p[t] + p[t + width];
+        }
+        out[a][j + r] = p[0];
+      }
+  }
+}
+
+void dot_rows_multi(const float* const* q, int64_t n_q, const float* k, int64_t k_stride, int64_t n_keys, int64_t d,
+                    float* const* out) {
+  int64_t a = 0;
+  for (; a + 2 <= n_q; a += 2) dot_rows_multi_block<2>(q + a, k, k_stride, n_keys, d, out + a);
+  if (a < n_q) dot_rows_multi_block<1>(q + a, k, k_stride, n_keys, d, out + a);
+}
+
+// axpy_rows_multi: NQ (<= 4) outputs x 16 columns (two vectors each) in registers across all keys,
+// every value load shared; per element axpy's y = y + (p * v), keys in order. Columns past the last
+// multiple of 8 take axpy's scalar tail, also key by key.
+template <int NQ>
+void axpy_rows_multi_block(const float* const* p, const float* v, int64_t v_stride, int64_t n_keys, int64_t d,
+                           float* const* out) {
+  int64_t c = 0;
+  for (; c + 16 <= d; c += 16) {
+    __m256 o[NQ][2];
+    for (int a = 0; a < NQ; ++a) {
+      o[a][0] = _mm256_loadu_ps(out[a] + c);
+      o[a][1] = _mm256_loadu_ps(out[a] + c + 8);
+    }
+    for (int64_t j = 0; j < n_keys; ++j) {
+      const float* vr = v + j * v_stride + c;
+      const __m256 x0 = _mm256_loadu_ps(vr), x1 = _mm256_loadu_ps(vr + 8);
+#pragma GCC unroll 4
+      for (int a = 0; a < NQ; ++a) {
+        const __m256 pa = _mm256_set1_ps(p[a][j]);
+        o[a][0] = _mm256_add_ps(o[a][0], _mm256_mul_ps(pa, x0));
+        o[a][1] = _mm256_add_ps(o[a][1], _mm256_mul_ps(pa, x1));
+      }
+    }
+    for (int a = 0; a < NQ; ++a) {
+      _mm256_storeu_ps(out[a] + c, o[a][0]);
+      _mm256_storeu_ps(out[a] + c + 8, o[a][1]);
+    }
+  }
+  if (c + 8 <= d) {
+    __m256 o[NQ];
+    for (int a = 0; a < NQ; ++a) o[a] = _mm256_loadu_ps(out[a] + c);
+    for (int64_t j = 0; j < n_keys; ++j) {
+      const __m256 x = _mm256_loadu_ps(v + j * v_stride + c);
+      for (int a = 0; a < NQ; ++a) o[a] = _mm256_add_ps(o[a], _mm256_mul_ps(_mm256_set1_ps(p[a][j]), x));
+    }
+    for (int a = 0; a < NQ; ++a) _mm256_storeu_ps(out[a] + c, o[a]);
+    c += 8;
+  }
+  for (int a = 0; a < NQ; ++a)
+    for (int64_t j = 0; j < n_keys; ++j)
+      for (int64_t i = c; i < d; ++i) {
+        const float t = p[a][j] * v[j * v_stride + i];
+        out[a][i] = out[a][i] + t;
+      }
+}
+
+void axpy_rows_multi(const float* const* p, int64_t n_q, const float* v, int64_t v_stride, int64_t n_keys, int64_t d,
+                     float* const* out) {
+  int64_t a = 0;
+  for (; a + 4 <= n_q; a += 4) axpy_rows_multi_block<4>(p + a, v, v_stride, n_keys, d, out + a);
+  switch (n_q - a) {
+    case 3: axpy_rows_multi_block<3>(p + a, v, v_stride, n_keys, d, out + a); break;
+    case 2: axpy_rows_multi_block<2>(p + a, v, v_stride, n_keys, d, out + a); break;
+    case 1: axpy_rows_multi_block<1>(p + a, v, v_stride, n_keys, d, out + a); break;
+    default: break;
+  }
+}
+
 // ---- KV cache rows to fp32 (the layouts of cpu_kernels.h) ----
 
 inline float load_f32(const uint8_t* p) {
@@ -418,7 +526,7 @@ void softmax(float* s, int64_t n, float scale) {
 
 const KernelTable kAvx2Kernels = {
     ternary_gemm, quantize_row, rmsnorm, rmsnorm_quantize_row, relu2_mul, dot, axpy, dot_rows, axpy_rows,
-    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard, softmax,
+    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard, softmax, dot_rows_multi, axpy_rows_multi,
 };
 
 }  // namespace onebit::cpu::detail

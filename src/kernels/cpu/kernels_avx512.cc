@@ -903,6 +903,168 @@ void axpy_rows(const float* p, const float* v, int64_t v_stride, int64_t n_keys,
   }
 }
 
+// ---- attention: several queries against the same keys (bit-identical to dot_rows / axpy_rows per query) ----
+
+// The four stages of tree_sum on two vectors' worth of partial sums each (see tree_sum16).
+inline __m512 tree_stage8(__m512 a, __m512 b) {  // lanes: [a s8 | b s8]
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+inline __m512 tree_stage4(__m512 a, __m512 b) {  // 128-bit lane l: s4 of the l-th of the four vectors
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+inline __m512 tree_stage2(__m512 a, __m512 b) {  // lane l: s2 of a's l-th vector, then of b's
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+inline __m512 tree_stage1(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// tree_sum of 16 vectors at once, as a transpose: element 4 * l + m of the result is
+// tree_sum(v_{4m + l}). Every addition is one of tree_sum's, same operands, same order (the lower
+// lane first): stage 8 adds the 256-bit halves, 4 the 128-bit quarters, 2 and 1 the elements.
+// (Arguments, not an array: GCC kept an array in memory.)
+inline __m512 tree_sum16(__m512 v0, __m512 v1, __m512 v2, __m512 v3, __m512 v4, __m512 v5, __m512 v6, __m512 v7,
+                         __m512 v8, __m512 v9, __m512 v10, __m512 v11, __m512 v12, __m512 v13, __m512 v14,
+                         __m512 v15) {
+  const __m512 t0 = tree_stage4(tree_stage8(v0, v1), tree_stage8(v2, v3));
+  const __m512 t1 = tree_stage4(tree_stage8(v4, v5), tree_stage8(v6, v7));
+  const __m512 t2 = tree_stage4(tree_stage8(v8, v9), tree_stage8(v10, v11));
+  const __m512 t3 = tree_stage4(tree_stage8(v12, v13), tree_stage8(v14, v15));
+  return tree_stage1(tree_stage2(t0, t1), tree_stage2(t2, t3));
+}
+
+// 4 queries x 4 keys: 16 independent chains, each dot's (full chunks, then the masked tail with
+// mask_add), sharing every key and query load; then one tree_sum16 for all of them, whose lane a
+// holds query a's four scores. Written out with named accumulators: as an array GCC keeps a copy
+// in memory (a 1 KB memset per call and spills), at half the speed.
+#define ONEBIT_DOT4(a, q_op, add_op)                  \
+  {                                                  \
+    const __m512 qv = q_op;                          \
+    c##a##0 = add_op(c##a##0, _mm512_mul_ps(qv, k0)); \
+    c##a##1 = add_op(c##a##1, _mm512_mul_ps(qv, k1)); \
+    c##a##2 = add_op(c##a##2, _mm512_mul_ps(qv, k2)); \
+    c##a##3 = add_op(c##a##3, _mm512_mul_ps(qv, k3)); \
+  }
+#define ONEBIT_ADD(acc, prod) _mm512_add_ps(acc, prod)
+#define ONEBIT_MASK_ADD(acc, prod) _mm512_mask_add_ps(acc, tm, acc, prod)
+
+inline __m512 dot_4x4(const float* const q[4], const float* const k[4], int64_t d) {
+  const int64_t full = d / 16 * 16;
+  const __mmask16 tm = tail_mask(d - full);
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+  __m512 c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+  const float *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
+  for (int64_t i = 0; i < full; i += 16) {
+    const __m512 k0 = _mm512_loadu_ps(k[0] + i), k1 = _mm512_loadu_ps(k[1] + i);
+    const __m512 k2 = _mm512_loadu_ps(k[2] + i), k3 = _mm512_loadu_ps(k[3] + i);
+    ONEBIT_DOT4(0, _mm512_loadu_ps(q0 + i), ONEBIT_ADD)
+    ONEBIT_DOT4(1, _mm512_loadu_ps(q1 + i), ONEBIT_ADD)
+    ONEBIT_DOT4(2, _mm512_loadu_ps(q2 + i), ONEBIT_ADD)
+    ONEBIT_DOT4(3, _mm512_loadu_ps(q3 + i), ONEBIT_ADD)
+  }
+  if (full < d) {
+    const __m512 k0 = _mm512_maskz_loadu_ps(tm, k[0] + full), k1 = _mm512_maskz_loadu_ps(tm, k[1] + full);
+    const __m512 k2 = _mm512_maskz_loadu_ps(tm, k[2] + full), k3 = _mm512_maskz_loadu_ps(tm, k[3] + full);
+    ONEBIT_DOT4(0, _mm512_maskz_loadu_ps(tm, q0 + full), ONEBIT_MASK_ADD)
+    ONEBIT_DOT4(1, _mm512_maskz_loadu_ps(tm, q1 + full), ONEBIT_MASK_ADD)
+    ONEBIT_DOT4(2, _mm512_maskz_loadu_ps(tm, q2 + full), ONEBIT_MASK_ADD)
+    ONEBIT_DOT4(3, _mm512_maskz_loadu_ps(tm, q3 + full), ONEBIT_MASK_ADD)
+  }
+  // tree_sum16 wants (query a, key j) at index 4 * j + a.
+  return tree_sum16(c00, c10, c20, c30, c01, c11, c21, c31, c02, c12, c22, c32, c03, c13, c23, c33);
+}
+#undef ONEBIT_DOT4
+#undef ONEBIT_ADD
+#undef ONEBIT_MASK_ADD
+
+// Blocks of 4 queries x 4 keys, keys outer (4 key rows come into L1 once for all the queries). A
+// last block of fewer queries or keys repeats the last one (the loads stay inside the arguments;
+// the repeats' results are not stored). Queries are taken 64 at a time so that their padded
+// pointer list sits on the stack, prepared once per key sweep.
+void dot_rows_multi(const float* const* q, int64_t n_q, const float* k, int64_t k_stride, int64_t n_keys, int64_t d,
+                    float* const* out) {
+  constexpr int64_t kMaxQ = 64;
+  for (int64_t b = 0; b < n_q; b += kMaxQ) {
+    const int64_t m = n_q - b < kMaxQ ? n_q - b : kMaxQ;
+    const float* qp[kMaxQ + 3];
+    for (int64_t a = 0; a < (m + 3) / 4 * 4; ++a) qp[a] = q[b + (a < m ? a : m - 1)];
+    float* const* ob = out + b;
+    for (int64_t j = 0; j < n_keys; j += 4) {
+      const int64_t nk = n_keys - j < 4 ? n_keys - j : 4;
+      const float* kr[4];
+      for (int64_t r = 0; r < 4; ++r) kr[r] = k + (r < nk ? j + r : n_keys - 1) * k_stride;
+      for (int64_t a0 = 0; a0 < m; a0 += 4) {
+        const __m512 s = dot_4x4(qp + a0, kr, d);
+        if (nk == 4 && a0 + 4 <= m) {
+          _mm_storeu_ps(ob[a0] + j, _mm512_castps512_ps128(s));
+          _mm_storeu_ps(ob[a0 + 1] + j, _mm512_extractf32x4_ps(s, 1));
+          _mm_storeu_ps(ob[a0 + 2] + j, _mm512_extractf32x4_ps(s, 2));
+          _mm_storeu_ps(ob[a0 + 3] + j, _mm512_extractf32x4_ps(s, 3));
+        } else {
+          float tmp[16];
+          _mm512_storeu_ps(tmp, s);
+          for (int64_t a = 0; a < 4 && a0 + a < m; ++a)
+            for (int64_t r = 0; r < nk; ++r) ob[a0 + a][j + r] = tmp[4 * a + r];
+        }
+      }
+    }
+  }
+}
+
+// NQ outputs x NV vectors (up to 64 columns) in registers across all keys; per element the
+// operations are axpy's, y = y + (p * v), keys in order. Every value row load serves NQ outputs.
+template <int NQ, int NV>
+void axpy_rows_multi_block(const float* const* p, const float* v, int64_t v_stride, int64_t n_keys,
+                           float* const* out, int64_t c, __mmask16 last) {
+  __m512 o[NQ][NV];
+#pragma GCC unroll 4
+  for (int a = 0; a < NQ; ++a)
+#pragma GCC unroll 4
+    for (int r = 0; r < NV; ++r) o[a][r] = _mm512_maskz_loadu_ps(r == NV - 1 ? last : 0xffff, out[a] + c + 16 * r);
+  for (int64_t j = 0; j < n_keys; ++j) {
+    const float* vr = v + j * v_stride + c;
+    __m512 x[NV];
+#pragma GCC unroll 4
+    for (int r = 0; r < NV; ++r) x[r] = _mm512_maskz_loadu_ps(r == NV - 1 ? last : 0xffff, vr + 16 * r);
+#pragma GCC unroll 4
+    for (int a = 0; a < NQ; ++a) {
+      const __m512 pa = _mm512_set1_ps(p[a][j]);
+#pragma GCC unroll 4
+      for (int r = 0; r < NV; ++r) o[a][r] = _mm512_add_ps(o[a][r], _mm512_mul_ps(pa, x[r]));
+    }
+  }
+#pragma GCC unroll 4
+  for (int a = 0; a < NQ; ++a)
+#pragma GCC unroll 4
+    for (int r = 0; r < NV; ++r) _mm512_mask_storeu_ps(out[a] + c + 16 * r, r == NV - 1 ? last : 0xffff, o[a][r]);
+}
+
+void axpy_rows_multi(const float* const* p, int64_t n_q, const float* v, int64_t v_stride, int64_t n_keys, int64_t d,
+                     float* const* out) {
+  using BlockFn = void (*)(const float* const*, const float*, int64_t, int64_t, float* const*, int64_t, __mmask16);
+  static constexpr BlockFn kBlock[4][4] = {
+      {axpy_rows_multi_block<1, 1>, axpy_rows_multi_block<1, 2>, axpy_rows_multi_block<1, 3>,
+       axpy_rows_multi_block<1, 4>},
+      {axpy_rows_multi_block<2, 1>, axpy_rows_multi_block<2, 2>, axpy_rows_multi_block<2, 3>,
+       axpy_rows_multi_block<2, 4>},
+      {axpy_rows_multi_block<3, 1>, axpy_rows_multi_block<3, 2>, axpy_rows_multi_block<3, 3>,
+       axpy_rows_multi_block<3, 4>},
+      {axpy_rows_multi_block<4, 1>, axpy_rows_multi_block<4, 2>, axpy_rows_multi_block<4, 3>,
+       axpy_rows_multi_block<4, 4>}};
+  for (int64_t a = 0; a < n_q; a += 4) {
+    const int64_t nq = n_q - a < 4 ? n_q - a : 4;
+    for (int64_t c = 0; c < d; c += 64) {
+      const int64_t len = d - c < 64 ? d - c : 64;
+      const int64_t nv = (len + 15) / 16;
+      kBlock[nq - 1][nv - 1](p + a, v, v_stride, n_keys, out + a, c, tail_mask(len - 16 * (nv - 1)));
+    }
+  }
+}
+
 // ---- KV cache rows to fp32 (the layouts of cpu_kernels.h) ----
 
 inline float load_f32(const uint8_t* p) {
@@ -1046,7 +1208,7 @@ void softmax(float* s, int64_t n, float scale) {
 
 const KernelTable kAvx512Kernels = {
     ternary_gemm, quantize_row, rmsnorm, rmsnorm_quantize_row, relu2_mul, dot, axpy, dot_rows, axpy_rows,
-    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard, softmax,
+    rows_f16_to_f32, rows_q8_to_f32, rows_q4_to_f32, hadamard, softmax, dot_rows_multi, axpy_rows_multi,
 };
 
 }  // namespace onebit::cpu::detail

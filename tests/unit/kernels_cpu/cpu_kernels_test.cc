@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "core/base/error.h"
@@ -225,6 +227,37 @@ TEST(FloatKernels, RmsNormMatchesDoubleReferenceAndIsBitIdenticalAcrossIsas) {
         for (int64_t i = 0; i < fused.stride(); ++i) ASSERT_EQ(fused.row(row)[i], split.row(row)[i]) << isa_name(isa);
       }
     }
+  }
+}
+
+// rmsnorm_quantize_rows (what the engine runs on the pool's threads, a range of rows each) over
+// random cuts of the rows == one rmsnorm_quantize over all of them, padding included; a range
+// outside the buffer or with the wrong column count is an error.
+TEST(FloatKernels, RmsNormQuantizeRowsInPiecesEqualsTheWhole) {
+  std::mt19937 rng(12);
+  for (int64_t cols : {7, 64, 100, 2560}) {
+    const int64_t rows = 37;
+    const auto x = random_floats(rng, rows * cols);
+    const auto w = random_floats(rng, cols);
+    for (Isa isa : supported_isas()) {
+      QuantizedActs whole, pieces;
+      rmsnorm_quantize(x.data(), w.data(), rows, cols, 1e-5f, whole, isa);
+      pieces.resize(rows, cols);
+      for (int64_t i = 0; i < rows; ++i) std::memset(pieces.row(i), 0x5a, static_cast<size_t>(pieces.stride()));
+      for (int64_t r0 = 0; r0 < rows;) {  // pieces of 1..9 rows
+        const int64_t r1 = std::min(rows, r0 + 1 + static_cast<int64_t>(rng() % 9));
+        rmsnorm_quantize_rows(x.data(), w.data(), r0, r1, cols, 1e-5f, pieces, isa);
+        r0 = r1;
+      }
+      for (int64_t i = 0; i < rows; ++i) {
+        ASSERT_TRUE(same_bits(pieces.scale[i], whole.scale[i])) << isa_name(isa) << " cols=" << cols << " row " << i;
+        ASSERT_EQ(pieces.sum[i], whole.sum[i]) << isa_name(isa);
+        for (int64_t c = 0; c < whole.stride(); ++c) ASSERT_EQ(pieces.row(i)[c], whole.row(i)[c]) << isa_name(isa);
+      }
+    }
+    QuantizedActs small(rows - 1, cols);
+    EXPECT_THROW(rmsnorm_quantize_rows(x.data(), w.data(), 0, rows, cols, 1e-5f, small), Error);
+    EXPECT_THROW(rmsnorm_quantize_rows(x.data(), w.data(), 0, 1, cols + 1, 1e-5f, small), Error);
   }
 }
 

@@ -2,10 +2,11 @@
 // per-thread scratch, 4 row groups x 6 token rows of accumulators; from 32 token rows on, with the
 // last column blocks summed through int16 lookup tables of 32 token rows beside it, in passes of
 // 256 weight rows; from 128 token rows on, ternary_gemm splits the token rows into chunks, one
-// table build each) and the attention helpers dot_rows / axpy_rows. Each is checked bit for bit
-// against a reference that does not share its code: the GEMM against sums over the original int8
-// codes, the attention helpers against the per-key dot / axpy loops they replace (on every ISA
-// this CPU runs).
+// table build each) and the attention helpers dot_rows / axpy_rows and their several-query forms
+// dot_rows_multi / axpy_rows_multi. Each is checked bit for bit against a reference that does not
+// share its code: the GEMM against sums over the original int8 codes, the attention helpers
+// against the per-key dot / axpy loops they replace, the several-query forms against one scalar
+// dot_rows / axpy_rows per query (on every ISA this CPU runs).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -193,6 +194,61 @@ TEST(AttentionRows, DotRowsAndAxpyRowsEqualThePerKeyLoops) {
       dot_rows(q.data(), k.data(), stride, n_keys, d, s0.data(), Isa::kScalar);
       dot_rows(q.data(), k.data(), stride, n_keys, d, s1.data());
       for (int64_t j = 0; j < n_keys; ++j) ASSERT_TRUE(same_bits(s0[j], s1[j]));
+    }
+  }
+}
+
+// dot_rows_multi / axpy_rows_multi (several queries against one tile of keys) against the
+// reference they must equal bit for bit, dot_rows / axpy_rows called once per query, on fresh
+// random inputs each run (the seed is printed on failure): every query-block remainder (the SIMD
+// kernels take 4 / 2 queries at a time, AVX-512 in sweeps of 64), key counts around their 4 / 2-key
+// steps, head sizes around the 16-lane chunks and the 64-column output blocks, unaligned and
+// scattered query rows, output rows with junk between them that must stay untouched.
+TEST(AttentionRows, MultiQueryKernelsEqualOneCallPerQuery) {
+  const uint32_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int64_t> pick_d(1, 300), pick_keys(0, 70), pick_q(1, 19);
+  std::vector<int64_t> dims = {1, 15, 16, 17, 63, 64, 65, 100, 128, 129, 256};
+  for (int extra = 0; extra < 12; ++extra) dims.push_back(pick_d(rng));
+  for (int64_t d : dims) {
+    for (int64_t n_q : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{5}, int64_t{8}, int64_t{16},
+                        int64_t{67}, int64_t{130}, pick_q(rng)}) {
+      const int64_t n_keys = std::vector<int64_t>{0, 1, 2, 3, 4, 5, 7, 32, pick_keys(rng)}[rng() % 9];
+      const int64_t k_stride = d + static_cast<int64_t>(rng() % 5);  // rows not 64-byte aligned either
+      const auto k = random_floats(rng, std::max<int64_t>(n_keys * k_stride, 1));
+      // Queries and probability rows scattered in one buffer (odd offsets, not in order).
+      const int64_t q_stride = d + 3, p_stride = n_keys + 5, o_stride = d + 2;
+      const auto qbuf = random_floats(rng, n_q * q_stride + 1);
+      const auto pbuf = random_floats(rng, n_q * p_stride + 1, 0.3f);
+      std::vector<int64_t> order(static_cast<size_t>(n_q));
+      for (int64_t a = 0; a < n_q; ++a) order[a] = a;
+      std::shuffle(order.begin(), order.end(), rng);
+      std::vector<const float*> qs(order.size()), ps(order.size());
+      for (int64_t a = 0; a < n_q; ++a) {
+        qs[a] = qbuf.data() + order[a] * q_stride + 1;
+        ps[a] = pbuf.data() + order[a] * p_stride + 1;
+      }
+      const auto out0 = random_floats(rng, n_q * o_stride);
+      std::vector<float> want_s(static_cast<size_t>(n_q * p_stride), -7.0f), want_o = out0;
+      for (int64_t a = 0; a < n_q; ++a) {
+        dot_rows(qs[a], k.data(), k_stride, n_keys, d, want_s.data() + order[a] * p_stride, Isa::kScalar);
+        axpy_rows(ps[a], k.data(), k_stride, n_keys, d, want_o.data() + order[a] * o_stride, Isa::kScalar);
+      }
+      for (Isa isa : supported_isas()) {
+        SCOPED_TRACE(std::string(isa_name(isa)) + " d=" + std::to_string(d) + " n_q=" + std::to_string(n_q) +
+                     " keys=" + std::to_string(n_keys));
+        std::vector<float> got_s(want_s.size(), -7.0f), got_o = out0;
+        std::vector<float*> ss(order.size()), os(order.size());
+        for (int64_t a = 0; a < n_q; ++a) {
+          ss[a] = got_s.data() + order[a] * p_stride;
+          os[a] = got_o.data() + order[a] * o_stride;
+        }
+        dot_rows_multi(qs.data(), n_q, k.data(), k_stride, n_keys, d, ss.data(), isa);
+        axpy_rows_multi(ps.data(), n_q, k.data(), k_stride, n_keys, d, os.data(), isa);
+        for (size_t i = 0; i < want_s.size(); ++i) ASSERT_TRUE(same_bits(got_s[i], want_s[i])) << "score " << i;
+        for (size_t i = 0; i < want_o.size(); ++i) ASSERT_TRUE(same_bits(got_o[i], want_o[i])) << "out " << i;
+      }
     }
   }
 }
