@@ -14,24 +14,12 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "thread_timing.h"
+
 namespace {
 
-double cpu_now() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-}
-
-template <typename F>
-double best_rate(F f, double work) {
-  double best = 0;
-  for (int r = 0; r < 11; ++r) {
-    const double t0 = cpu_now();
-    f();
-    best = std::max(best, work / (cpu_now() - t0));
-  }
-  return best;
-}
+using onebit::bench::best_rate;
+using onebit::bench::cpu_now;
 
 alignas(64) char g_tables[64 * 1024];
 alignas(64) uint8_t g_idx[1 << 16];
