@@ -1,6 +1,7 @@
 // The CUDA backend end to end (the goldens are in golden_test.cc, EveryGoldenCuda, which also
 // cover the tiny checkpoints against float64): batched prefill == token-by-token decode, CUDA graph
-// replay == eager launches bit for bit, continuous batching (several sessions per pass) == each
+// replay == eager launches bit for bit, the persistent decode step == per-layer launches bit for
+// bit, continuous batching (several sessions per pass) == each
 // session alone bit for bit, CUDA logits vs the CPU backend's on the default model (fp32, fp16,
 // q8 and q4r KV, bf16 and int8 LM heads; greedy continuations with q8 and q4r), prefix reuse and
 // copy-on-write with every KV type, and bad input. Every test is skipped (with the reason) where
