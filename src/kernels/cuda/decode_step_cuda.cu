@@ -26,6 +26,7 @@ constexpr size_t kCodesBytes = static_cast<size_t>(kFusedGemvMaxCols);  // the i
 
 struct StepGeo {
   int G = 0, Wk = 0, K = 0, cols = 0, blocks = 0;
+  bool operator==(const StepGeo&) const = default;
 };
 
 struct StepLayerDev {
@@ -36,6 +37,7 @@ struct StepLayerDev {
 // sync words: [0] grid-barrier arrivals, [1] blocks that finished, [2 + hk] merge tickets. All zero
 // between launches (the last block out resets the first two, the last split of a head its ticket).
 constexpr int kSyncCount = 0, kSyncExit = 1, kSyncTickets = 2;
+constexpr int kMaxKvHeads = 64;  // merge tickets in the sync words
 
 struct StepArgs {
   const StepLayerDev* layers;
@@ -232,7 +234,7 @@ bool step_geometry(FusedGemvArgs a, int nsm, StepGeo* g, fused::Geometry* out) {
 struct DecodeStepPlan {
   StepLayerDev* layers = nullptr;
   unsigned* sync = nullptr;
-  int n_layers = 0, grid = 0, n_kv_max = 0;
+  int n_layers = 0, grid = 0;
   int64_t hidden = 0, inter = 0, qdim = 0, kvdim = 0;
   StepGeo geo[4];
   float eps = 0.0f;
@@ -287,8 +289,7 @@ cudaError_t decode_step_plan(const DecodeStepLayer* layers, int n_layers, int64_
         reason = "no block shape for a GEMV";
         return false;
       }
-      if (l > 0 && (g.G != plan->geo[which].G || g.Wk != plan->geo[which].Wk || g.K != plan->geo[which].K ||
-                    g.cols != plan->geo[which].cols || g.blocks != plan->geo[which].blocks)) {
+      if (l > 0 && !(g == plan->geo[which])) {
         reason = "layers of different shapes";
         return false;
       }
@@ -301,7 +302,7 @@ cudaError_t decode_step_plan(const DecodeStepLayer* layers, int n_layers, int64_
       return g;
     };
     // (Column counts are the model's: the matrices were uploaded for hidden / q-width / inter inputs.)
-    if (L.q.rows != layers[0].q.rows || L.k.rows != layers[0].k.rows || L.gate.rows != inter || L.up.rows != inter ||
+    if (L.q.rows != plan->qdim || L.k.rows != plan->kvdim || L.gate.rows != inter || L.up.rows != inter ||
         L.down.rows != hidden || L.o.rows != hidden) {
       reason = "matrix shapes";
       return cudaErrorInvalidValue;
@@ -310,7 +311,7 @@ cudaError_t decode_step_plan(const DecodeStepLayer* layers, int n_layers, int64_
     const bool ok =
         phase(0, hidden, buffers.x, L.attn_norm, {m(L.q, buffers.q), m(L.k, buffers.k), m(L.v, buffers.v)},
               FusedEpilogue::kStore, &d.qkv) &&
-        phase(1, layers[0].q.rows, buffers.attn, L.attn_sub_norm, {m(L.o, buffers.x)}, FusedEpilogue::kResidual, &d.o) &&
+        phase(1, plan->qdim, buffers.attn, L.attn_sub_norm, {m(L.o, buffers.x)}, FusedEpilogue::kResidual, &d.o) &&
         phase(2, hidden, buffers.x, L.ffn_norm, {m(L.gate, buffers.gate), m(L.up, buffers.up)}, FusedEpilogue::kRelu2,
               &d.gu) &&
         phase(3, inter, buffers.gate, L.ffn_sub_norm, {m(L.down, buffers.x)}, FusedEpilogue::kResidual, &d.down);
@@ -335,8 +336,7 @@ cudaError_t decode_step_plan(const DecodeStepLayer* layers, int n_layers, int64_
     }
   }
   plan->grid = nsm;
-  plan->n_kv_max = 64;
-  const size_t sync_bytes = static_cast<size_t>(kSyncTickets + plan->n_kv_max) * sizeof(unsigned);
+  const size_t sync_bytes = static_cast<size_t>(kSyncTickets + kMaxKvHeads) * sizeof(unsigned);
   e = cudaMalloc(&plan->layers, host.size() * sizeof(StepLayerDev));
   if (e == cudaSuccess) e = cudaMalloc(&plan->sync, sync_bytes);
   if (e == cudaSuccess)
@@ -364,7 +364,7 @@ cudaError_t decode_step(const DecodeStepPlan* plan, const KvView& kv, int64_t n_
                         unsigned long long* trace) {
   if (plan == nullptr || pos0 == nullptr || cos_t == nullptr || sin_t == nullptr ||
       !decode_step_supported(kv, n_heads, plan->hidden, plan->qdim, plan->inter) || kv.n_layers < plan->n_layers ||
-      kv.n_kv_heads > plan->n_kv_max || kv.n_kv_heads * kv.head_dim != plan->kvdim ||
+      kv.n_kv_heads > kMaxKvHeads || kv.n_kv_heads * kv.head_dim != plan->kvdim ||
       n_heads * kv.head_dim != plan->qdim)
     return cudaErrorInvalidValue;
   const int64_t splits = attention_splits(kv.n_ctx, 1, true);
@@ -400,7 +400,8 @@ cudaError_t decode_step(const DecodeStepPlan* plan, const KvView& kv, int64_t n_
   }
   lc.attrs = attr;
   lc.numAttrs = static_cast<unsigned>(n);
-  return dpl == 2 ? cudaLaunchKernelEx(&lc, decode_step_kernel<2>, a) : cudaLaunchKernelEx(&lc, decode_step_kernel<4>, a);
+  return dpl == 2 ? cudaLaunchKernelEx(&lc, decode_step_kernel<2>, a)
+                  : cudaLaunchKernelEx(&lc, decode_step_kernel<4>, a);
 }
 
 }  // namespace onebit::cuda
